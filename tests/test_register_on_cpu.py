@@ -1,0 +1,124 @@
+"""`agrae` reaches verl's registry through the entry point, in fresh processes and Ray actors, and verl's own
+compute_advantage functions produce A-GRAE advantages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from verl_agrae.advantage import compute_agrae_outcome_advantage
+
+FRESH_CHECK = (
+    "import verl\n"
+    "from verl.trainer.ppo.core_algos import get_adv_estimator_fn\n"
+    "fn = get_adv_estimator_fn('agrae')\n"
+    "print(fn.__module__ + '.' + fn.__qualname__)\n"
+)
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
+    )
+
+
+def test_plain_import_verl_in_fresh_process_finds_agrae():
+    out = _run(FRESH_CHECK)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("verl_agrae.register.agrae_advantage_estimator")
+
+
+def test_ensure_registered_fails_loudly_when_plugins_are_disabled():
+    code = "from verl_agrae.register import ensure_registered\nensure_registered()\n"
+    out = _run(code, VERL_USE_EXTERNAL_PLUGINS="none")
+    assert out.returncode != 0
+    assert "VERL_USE_EXTERNAL_PLUGINS=none" in out.stderr
+    out = _run(code, VERL_USE_EXTERNAL_PLUGINS="someone_else")
+    assert out.returncode != 0 and "does not list 'agrae'" in out.stderr
+    assert _run(code).returncode == 0
+
+
+def test_registered_inside_a_ray_actor():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+
+        @ray.remote(num_cpus=1)
+        class Probe:
+            def which(self) -> str:
+                import verl  # noqa: F401
+                from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+                fn = get_adv_estimator_fn("agrae")
+                return fn.__module__ + "." + fn.__qualname__
+
+        probe = Probe.remote()
+        assert ray.get(probe.which.remote(), timeout=240) == "verl_agrae.register.agrae_advantage_estimator"
+    finally:
+        ray.shutdown()
+
+
+def _dataproto(seed: int = 0):
+    from omegaconf import OmegaConf
+    from verl import DataProto
+
+    g = torch.Generator().manual_seed(seed)
+    bs, length = 24, 5
+    uids = np.array([f"u{i // 4}" for i in range(bs)], dtype=object)
+    r = torch.randint(0, 2, (bs,), generator=g).float()
+    mask = torch.ones(bs, length)
+    mask[:, 3:] = 0
+    tlr = torch.zeros(bs, length)
+    tlr[:, 2] = r
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": tlr, "response_mask": mask},
+        non_tensors={"uid": uids},
+    )
+    algo = OmegaConf.create(
+        {"adv_estimator": "agrae", "norm_adv_by_std_in_grpo": True, "agrae": {"alpha": 0.7}, "gamma": 1.0}
+    )
+    OmegaConf.set_struct(algo, True)
+    expected, _ = compute_agrae_outcome_advantage(tlr, mask, uids, alpha=0.7)
+    return data, algo, expected
+
+
+def test_verl_legacy_compute_advantage_uses_agrae():
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    data, algo, expected = _dataproto()
+    out = compute_advantage(data, adv_estimator="agrae", config=algo)
+    torch.testing.assert_close(out.batch["advantages"], expected)
+    torch.testing.assert_close(out.batch["returns"], expected)
+    assert not torch.equal(expected, torch.zeros_like(expected))
+
+
+def test_verl_v1_compute_advantage_uses_agrae():
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    data, algo, expected = _dataproto(1)
+    keys = [f"{u}_0_{i}" for i, u in enumerate(data.non_tensor_batch["uid"])]
+    out = compute_advantage_for_multi_trajectories(data, keys, adv_estimator="agrae", config=algo)
+    torch.testing.assert_close(out.batch["advantages"], expected)
+
+
+def test_estimator_options_come_from_config_and_errors_name_the_key():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    from verl_agrae.register import last_result
+
+    fn = get_adv_estimator_fn("agrae")
+    data, algo, _ = _dataproto(2)
+    tlr, mask, uids = (data.batch["token_level_rewards"], data.batch["response_mask"], data.non_tensor_batch["uid"])
+    adv, _ = fn(token_level_rewards=tlr, response_mask=mask, index=uids, config={"agrae": {"suppress_correct": False}})
+    expected, _ = compute_agrae_outcome_advantage(tlr, mask, uids, suppress_correct=False)
+    torch.testing.assert_close(adv, expected)
+    assert last_result() is not None and last_result().suppression == 1.0
+    adv, _ = fn(token_level_rewards=tlr, response_mask=mask, index=uids, config=None, mu=0.9)
+    assert last_result().mu == 0.9
+    with pytest.raises(ValueError, match="algorithm.agrae.alpha"):
+        fn(token_level_rewards=tlr, response_mask=mask, index=uids, config={"agrae": {"alpha": -2}})

@@ -1,0 +1,396 @@
+"""A-GRAE advantage estimation as pure, vectorised torch (no verl import).
+
+A-GRAE (Yu et al., arXiv 2602.05548) reshapes GRPO's group-relative advantage (GRAE) in two ways,
+both driven by the batch mean success rate ``mu``:
+
+1. dynamic difficulty attention shift ``w(p, mu)`` (sample level): while ``mu`` is low the update
+   favours easy prompts (high success rate ``p``), and the focus moves to hard prompts as ``mu`` rises;
+2. asymmetric suppression (group level): positive advantages are scaled by ``min(1, mu / alpha)``,
+   so while the policy is weak the group's advantages sum to a negative number and probability mass
+   moves towards unsampled tokens (exploration).
+
+The exact formula is in ``shared/docs/agrae-spec.md``; every function below names the spec step it
+implements. Groups are handled with ``index_add_``/``scatter_reduce`` over integer group ids, never
+with a Python loop over rows.
+
+Padding rows (all-zero ``response_mask``, which verl adds to balance batches) are excluded from every
+statistic and always get a zero advantage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "AgraeResult",
+    "agrae_sequence_advantage",
+    "batch_mean_success",
+    "compute_agrae_outcome_advantage",
+    "difficulty_weight",
+    "group_ids_from_index",
+    "group_mean_std",
+    "grae_advantage",
+    "success_from_rewards",
+    "suppression_factor",
+    "to_token_level",
+]
+
+
+_UNIT_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class AgraeResult:
+    """Everything A-GRAE computed for one batch (sequence level), for logging and diagnostics.
+
+    Attributes:
+        advantages: ``(bs,)`` final sequence-level advantages (0 on padding rows).
+        base_advantages: ``(bs,)`` GRAE advantages before the two A-GRAE terms (0 on padding rows).
+        success: ``(bs,)`` per-response success ``s_i`` in [0, 1] (0 on padding rows).
+        group_success: ``(bs,)`` success rate ``p_g`` of each row's group (0 on padding rows).
+        group_size: ``(bs,)`` number of valid responses in each row's group (0 on padding rows).
+        group_ids: ``(bs,)`` int64 dense group id of each row.
+        valid: ``(bs,)`` bool, rows with at least one response token.
+        mu: batch mean success rate used for the A-GRAE terms.
+        suppression: factor ``min(1, mu / alpha)`` applied to positive advantages (1.0 when off).
+    """
+
+    advantages: torch.Tensor
+    base_advantages: torch.Tensor
+    success: torch.Tensor
+    group_success: torch.Tensor
+    group_size: torch.Tensor
+    group_ids: torch.Tensor
+    valid: torch.Tensor
+    mu: float
+    suppression: float
+
+
+def group_ids_from_index(index: Any, batch_size: int) -> tuple[torch.Tensor, int]:
+    """Map verl's per-row group labels to dense int64 ids.
+
+    Args:
+        index: ``(bs,)`` group label of every row: a numpy array of uid strings (what verl passes),
+            a list/tuple of hashables, or an integer tensor/array.
+        batch_size: expected number of rows.
+
+    Returns:
+        ``(group_ids, num_groups)`` with ``group_ids`` an int64 tensor of shape ``(bs,)`` in
+        ``[0, num_groups)``.
+
+    Raises:
+        ValueError: when ``index`` is missing or its length is not ``batch_size``.
+    """
+    if index is None:
+        raise ValueError("A-GRAE needs `index` (the per-row group uid); got None")
+    if isinstance(index, torch.Tensor):
+        arr = index.detach().cpu().numpy()
+    else:
+        arr = np.asarray(index)
+    if arr.ndim != 1 or arr.shape[0] != batch_size:
+        raise ValueError(f"`index` must have shape ({batch_size},) to match the batch; got {tuple(arr.shape)}")
+    if batch_size == 0:
+        return torch.zeros(0, dtype=torch.long), 0
+    if arr.dtype == object:
+        # verl passes uid strings in an object array; np.unique sorts Python objects one by one,
+        # a dict factorisation is linear and several times faster for string uids.
+        mapping: dict[Any, int] = {}
+        ids = np.fromiter((mapping.setdefault(u, len(mapping)) for u in arr.tolist()), dtype=np.int64, count=batch_size)
+        return torch.from_numpy(ids), len(mapping)
+    _, inverse = np.unique(arr, return_inverse=True)
+    inverse = inverse.reshape(-1).astype(np.int64, copy=False)
+    return torch.from_numpy(inverse), int(inverse.max()) + 1
+
+
+def group_mean_std(
+    values: torch.Tensor, group_ids: torch.Tensor, valid: torch.Tensor, num_groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-group count, mean and Bessel-corrected std over the valid rows.
+
+    Args:
+        values: ``(bs,)`` float values.
+        group_ids: ``(bs,)`` int64 group ids in ``[0, num_groups)``.
+        valid: ``(bs,)`` bool, rows that count.
+        num_groups: number of groups.
+
+    Returns:
+        ``(count, mean, std)``, each ``(num_groups,)``. Groups with no valid row have count 0,
+        mean 0, std 0; singleton groups have std 0.
+    """
+    w = valid.to(values.dtype)
+    count = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, group_ids, w)
+    total = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, group_ids, values * w)
+    mean = total / count.clamp(min=1.0)
+    # Two-pass variance (deviations from the group mean): the one-pass E[x^2]-E[x]^2 form cancels
+    # catastrophically for large rewards.
+    dev = (values - mean[group_ids]) * w
+    sq = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, group_ids, dev * dev)
+    std = torch.sqrt(sq / (count - 1.0).clamp(min=1.0))
+    return count, mean, std
+
+
+def success_from_rewards(
+    rewards: torch.Tensor, valid: torch.Tensor, success_threshold: float | None = None
+) -> torch.Tensor:
+    """Per-response success ``s_i`` (spec, Notation).
+
+    Args:
+        rewards: ``(bs,)`` outcome rewards ``r_i``.
+        valid: ``(bs,)`` bool, rows that count.
+        success_threshold: when given, ``s_i = 1[r_i > threshold]``; otherwise ``s_i = r_i``, which
+            requires every valid reward to lie in [0, 1].
+
+    Returns:
+        ``(bs,)`` float success in [0, 1], 0 on invalid rows.
+
+    Raises:
+        ValueError: rewards outside [0, 1] with no threshold (DAPO's +-1 scores, overlong penalties,
+            KL in the reward): the success rate would be meaningless and ``sqrt(p)`` undefined.
+    """
+    if success_threshold is not None:
+        s = (rewards > success_threshold).to(rewards.dtype)
+    else:
+        # Float rounding (0.9 * acc + 0.1 * format summed over tokens) may land a hair outside [0, 1]; a
+        # KL-in-reward shift (~1e-3) must not, so only this tolerance is accepted, then clamped.
+        outside = valid & ((rewards < -_UNIT_TOLERANCE) | (rewards > 1 + _UNIT_TOLERANCE))
+        if bool(outside.any()):
+            bad = int(torch.nonzero(outside)[0])
+            raise ValueError(
+                f"A-GRAE: outcome reward {rewards[bad].item():.6g} of row {bad} is outside [0, 1], so it is not a "
+                "success rate; set algorithm.agrae.success_threshold (e.g. 0.0 for DAPO's +1/-1 scores)"
+            )
+        s = rewards.clamp(min=0.0, max=1.0)
+    return torch.where(valid, s, torch.zeros_like(s))
+
+
+def batch_mean_success(group_success: torch.Tensor, group_count: torch.Tensor) -> float:
+    """Batch mean success rate ``mu``: the mean of ``p_g`` over groups with at least one valid row.
+
+    Args:
+        group_success: ``(num_groups,)`` success rate of each group.
+        group_count: ``(num_groups,)`` number of valid rows of each group.
+
+    Returns:
+        ``mu`` in [0, 1]; 0.0 for a batch with no valid row (spec, Notation).
+    """
+    present = group_count > 0
+    if not bool(present.any()):
+        return 0.0
+    return float(group_success[present].mean())
+
+
+def grae_advantage(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    valid: torch.Tensor,
+    num_groups: int,
+    norm_adv_by_std: bool = True,
+    epsilon: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO's group-relative advantage ``A_hat`` (spec step 1), padding-aware.
+
+    ``A_hat_i = (r_i - mean_g) / (std_g + eps)`` (Bessel std) or ``r_i - mean_g`` without std
+    normalisation (Dr.GRPO). Singleton groups use mean 0 and std 1 (verl's convention); groups of two
+    or more with zero variance get exactly 0.
+
+    Args:
+        rewards: ``(bs,)`` outcome rewards.
+        group_ids: ``(bs,)`` int64 group ids.
+        valid: ``(bs,)`` bool.
+        num_groups: number of groups.
+        norm_adv_by_std: divide by the group std (GRPO) or not (Dr.GRPO).
+        epsilon: added to the std.
+
+    Returns:
+        ``(advantages, group_size)``: ``(bs,)`` advantages (0 on invalid rows) and ``(bs,)`` valid
+        size of each row's group.
+    """
+    count, mean, std = group_mean_std(rewards, group_ids, valid, num_groups)
+    size = count[group_ids]
+    singleton = size == 1
+    row_mean = torch.where(singleton, torch.zeros_like(rewards), mean[group_ids])
+    row_std = torch.where(singleton, torch.ones_like(rewards), std[group_ids])
+    centred = rewards - row_mean
+    adv = centred / (row_std + epsilon) if norm_adv_by_std else centred
+    # Exact zeros for constant groups: float rounding of the mean would otherwise leave +-1e-9 residues
+    # that the difficulty weight (up to ~5e5 at p in {0, 1}) would blow up.
+    gmin = torch.full((num_groups,), float("inf"), dtype=rewards.dtype)
+    gmax = torch.full((num_groups,), float("-inf"), dtype=rewards.dtype)
+    vr_hi = torch.where(valid, rewards, torch.full_like(rewards, float("inf")))
+    vr_lo = torch.where(valid, rewards, torch.full_like(rewards, float("-inf")))
+    gmin = gmin.scatter_reduce(0, group_ids, vr_hi, reduce="amin")
+    gmax = gmax.scatter_reduce(0, group_ids, vr_lo, reduce="amax")
+    constant = (gmin == gmax)[group_ids] & (size >= 2)
+    adv = torch.where(valid & ~constant, adv, torch.zeros_like(adv))
+    return adv, size
+
+
+def difficulty_weight(p: torch.Tensor, mu: float, epsilon: float = 1e-6) -> torch.Tensor:
+    """Dynamic difficulty attention shift ``w(p, mu)`` (spec step 2).
+
+    ``w = (1 - mu) * 0.5 / (1 - sqrt(p) + eps) + mu * 0.5 / (sqrt(p) + eps)``: the first term grows
+    with ``p`` (easy prompts), the second with ``1/p`` (hard prompts).
+
+    Args:
+        p: ``(...)`` group success rates in [0, 1].
+        mu: batch mean success rate in [0, 1].
+        epsilon: keeps both denominators positive.
+
+    Returns:
+        ``(...)`` weights, same shape as ``p``.
+    """
+    sp = torch.sqrt(p.clamp(min=0.0, max=1.0))
+    return (1.0 - mu) * 0.5 / (1.0 - sp + epsilon) + mu * 0.5 / (sp + epsilon)
+
+
+def suppression_factor(mu: float, alpha: float) -> float:
+    """Asymmetric suppression factor ``min(1, mu / alpha)`` for positive advantages (spec step 3)."""
+    if alpha <= 0:
+        raise ValueError(f"A-GRAE: alpha must be > 0, got {alpha}")
+    return min(1.0, mu / alpha)
+
+
+def agrae_sequence_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any,
+    *,
+    alpha: float = 1.0,
+    norm_adv_by_std: bool = True,
+    difficulty_shift: bool = True,
+    suppress_correct: bool = True,
+    epsilon: float = 1e-6,
+    success_threshold: float | None = None,
+    mu: float | None = None,
+) -> AgraeResult:
+    """A-GRAE sequence-level advantages with all intermediate quantities (spec steps 1-3).
+
+    Args:
+        token_level_rewards: ``(bs, L)`` rewards; the outcome reward is their sum over tokens.
+        response_mask: ``(bs, L)`` 1 on response tokens; all-zero rows are padding.
+        index: ``(bs,)`` group labels (numpy array of uid strings as verl passes, or ints).
+        alpha: suppression threshold ``alpha > 0``; positives are scaled by ``min(1, mu / alpha)``.
+        norm_adv_by_std: GRPO's std normalisation (False for Dr.GRPO).
+        difficulty_shift: apply ``w(p, mu)`` (spec step 2).
+        suppress_correct: apply the asymmetric suppression (spec step 3).
+        epsilon: numerical epsilon of steps 1 and 2.
+        success_threshold: success is ``r > threshold`` when given; else rewards must be in [0, 1].
+        mu: batch mean success rate to use instead of this batch's own (e.g. computed before DAPO's
+            dynamic-sampling filter removed the all-solved and all-failed groups).
+
+    Returns:
+        An :class:`AgraeResult`.
+
+    Raises:
+        ValueError: on shape mismatches, non-finite rewards, rewards outside [0, 1] without a
+            threshold, ``alpha <= 0`` or ``mu`` outside [0, 1].
+    """
+    if token_level_rewards.dim() != 2:
+        raise ValueError(f"token_level_rewards must be (bs, L); got shape {tuple(token_level_rewards.shape)}")
+    if response_mask.shape != token_level_rewards.shape:
+        raise ValueError(
+            f"response_mask shape {tuple(response_mask.shape)} does not match token_level_rewards shape "
+            f"{tuple(token_level_rewards.shape)}"
+        )
+    if alpha <= 0:
+        raise ValueError(f"A-GRAE: alpha must be > 0, got {alpha}")
+    if mu is not None and not (0.0 <= mu <= 1.0):
+        raise ValueError(f"A-GRAE: a supplied mu must lie in [0, 1], got {mu}")
+    bs = token_level_rewards.shape[0]
+    dtype = token_level_rewards.dtype if token_level_rewards.is_floating_point() else torch.float32
+    # All statistics in float32 or wider on CPU; the trainer hands us CPU tensors already.
+    rewards = token_level_rewards.detach().to(device="cpu", dtype=dtype).sum(dim=-1)
+    valid = response_mask.detach().to("cpu").sum(dim=-1) > 0
+    if not bool(torch.isfinite(rewards[valid]).all()):
+        bad = int(torch.nonzero(valid & ~torch.isfinite(rewards))[0])
+        raise ValueError(f"A-GRAE: outcome reward of row {bad} is {rewards[bad].item()} (not finite)")
+    rewards = torch.where(valid, rewards, torch.zeros_like(rewards))
+    group_ids, num_groups = group_ids_from_index(index, bs)
+
+    base, size = grae_advantage(rewards, group_ids, valid, num_groups, norm_adv_by_std, epsilon)
+    success = success_from_rewards(rewards, valid, success_threshold)
+    count, p_group, _ = group_mean_std(success, group_ids, valid, num_groups)
+    batch_mu = batch_mean_success(p_group, count) if mu is None else float(mu)
+    p_row = torch.where(valid, p_group[group_ids], torch.zeros_like(rewards))
+
+    adv = base
+    if difficulty_shift:
+        w = difficulty_weight(p_row, batch_mu, epsilon)
+        # Singletons are exempt: one response says nothing about difficulty and w is unbounded at p in {0, 1}.
+        adv = torch.where(size >= 2, w * adv, adv)
+    factor = suppression_factor(batch_mu, alpha) if suppress_correct else 1.0
+    if suppress_correct:
+        adv = torch.where(adv > 0, adv * factor, adv)
+    adv = torch.where(valid, adv, torch.zeros_like(adv))
+    return AgraeResult(
+        advantages=adv,
+        base_advantages=base,
+        success=success,
+        group_success=p_row,
+        group_size=size,
+        group_ids=group_ids,
+        valid=valid,
+        mu=batch_mu,
+        suppression=factor,
+    )
+
+
+@torch.no_grad()
+def compute_agrae_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | Sequence[Any] | torch.Tensor,
+    *,
+    alpha: float = 1.0,
+    norm_adv_by_std: bool = True,
+    difficulty_shift: bool = True,
+    suppress_correct: bool = True,
+    epsilon: float = 1e-6,
+    success_threshold: float | None = None,
+    mu: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-level A-GRAE advantages, verl's estimator contract (spec step 4).
+
+    Args:
+        token_level_rewards: ``(bs, L)``.
+        response_mask: ``(bs, L)``.
+        index: ``(bs,)`` group labels.
+        alpha, norm_adv_by_std, difficulty_shift, suppress_correct, epsilon, success_threshold, mu:
+            see :func:`agrae_sequence_advantage`.
+
+    Returns:
+        ``(advantages, returns)``, both ``(bs, L)`` on the device and dtype of ``token_level_rewards``
+        (float32 if it is not floating point); ``returns`` equals ``advantages`` as in verl's GRPO.
+    """
+    result = agrae_sequence_advantage(
+        token_level_rewards,
+        response_mask,
+        index,
+        alpha=alpha,
+        norm_adv_by_std=norm_adv_by_std,
+        difficulty_shift=difficulty_shift,
+        suppress_correct=suppress_correct,
+        epsilon=epsilon,
+        success_threshold=success_threshold,
+        mu=mu,
+    )
+    adv = to_token_level(result.advantages, response_mask)
+    return adv, adv
+
+
+def to_token_level(seq_advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Broadcast sequence-level advantages over response tokens (spec step 4).
+
+    Args:
+        seq_advantages: ``(bs,)``.
+        response_mask: ``(bs, L)``.
+
+    Returns:
+        ``(bs, L)`` advantages on ``response_mask``'s device, zero outside the response.
+    """
+    return seq_advantages.to(response_mask.device).unsqueeze(-1) * response_mask.to(seq_advantages.dtype)

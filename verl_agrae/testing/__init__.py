@@ -1,0 +1,1 @@
+"""Helpers for tests, benchmarks and smoke runs that must not download anything."""
