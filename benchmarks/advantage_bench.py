@@ -25,7 +25,7 @@ def make_inputs(rows: int, length: int, n: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     uids = np.array([str(uuid.UUID(int=k // n + 1)) for k in range(rows)], dtype=object)
     lengths = torch.randint(1, length + 1, (rows,), generator=g)
-    mask = (torch.arange(length)[None, :] < lengths[:, None]).float()
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()  # int64, as verl's agent loop builds it
     tlr = torch.zeros(rows, length)
     tlr[torch.arange(rows), lengths - 1] = torch.randint(0, 2, (rows,), generator=g).float()
     return tlr, mask, uids

@@ -376,3 +376,37 @@ def test_group_ids_accept_strings_ints_and_tensors():
     assert n == 3 and ids[0] == ids[2] and len(set(ids.tolist())) == 3
     ids, n = group_ids_from_index(np.array(["x", "y", "x"]), 3)  # fixed-width unicode array
     assert n == 2 and ids[0] == ids[2]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_valid_rows_equals_full_scan_for_any_mask_layout(seed):
+    from verl_agrae.advantage import valid_rows
+
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(64, 7, generator=g) < 0.3).long()  # holes anywhere, first column often 0
+    mask[:5] = 0  # padding rows
+    assert torch.equal(valid_rows(mask), mask.sum(-1) > 0)
+    assert torch.equal(valid_rows(mask.bool()), mask.sum(-1) > 0)
+
+
+def test_int64_mask_as_verl_builds_it_gives_float_advantages():
+    tlr, mask, uids = make_batch(6, 4, 5, "binary", padding=2, dtype=torch.float32)
+    adv, _ = compute_agrae_outcome_advantage(tlr, mask.long(), uids)
+    ref, _ = compute_agrae_outcome_advantage(tlr, mask, uids)
+    assert adv.dtype == torch.float32
+    torch.testing.assert_close(adv, ref)
+
+
+def test_groups_outside_the_batch_count_in_mu_only():
+    # Dynamic sampling kept one mixed group (p = 0.5) and dropped 2 all-solved and 1 all-failed group.
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None]
+    uids = np.array(["m"] * 4, dtype=object)
+    res = agrae_sequence_advantage(r, torch.ones_like(r), uids, extra_group_success=[1.0, 1.0, 0.0])
+    assert res.mu_batch == pytest.approx(0.5)
+    assert res.mu == pytest.approx((0.5 + 1 + 1 + 0) / 4)
+    ref, _ = reference_agrae(r, torch.ones_like(r), uids, mu=(0.5 + 2) / 4)
+    torch.testing.assert_close(res.advantages, torch.tensor(ref, dtype=torch.float32))
+    with pytest.raises(ValueError, match="success rates in \\[0, 1\\]"):
+        agrae_sequence_advantage(r, torch.ones_like(r), uids, extra_group_success=[1.5])
+    with pytest.raises(ValueError, match="either mu or extra_group_success"):
+        agrae_sequence_advantage(r, torch.ones_like(r), uids, mu=0.5, extra_group_success=[1.0])

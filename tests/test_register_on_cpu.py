@@ -122,3 +122,40 @@ def test_estimator_options_come_from_config_and_errors_name_the_key():
     assert last_result().mu == 0.9
     with pytest.raises(ValueError, match="algorithm.agrae.alpha"):
         fn(token_level_rewards=tlr, response_mask=mask, index=uids, config={"agrae": {"alpha": -2}})
+
+
+def test_groups_outside_batch_reach_the_registered_estimator():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    from verl_agrae.register import groups_outside_batch, last_result
+
+    data, algo, _ = _dataproto(3)
+    kw = dict(
+        token_level_rewards=data.batch["token_level_rewards"],
+        response_mask=data.batch["response_mask"],
+        index=data.non_tensor_batch["uid"],
+        config=algo,
+    )
+    fn = get_adv_estimator_fn("agrae")
+    fn(**kw)
+    alone = last_result()
+    with groups_outside_batch([1.0] * 6):
+        fn(**kw)
+    inside = last_result()
+    fn(**kw)
+    assert last_result().mu == alone.mu  # the context does not leak
+    n = len(set(data.non_tensor_batch["uid"]))
+    assert inside.mu_batch == alone.mu
+    assert inside.mu == pytest.approx((alone.mu * n + 6) / (n + 6))
+
+
+def test_trainer_modes_register_lazily_when_verl_v1_is_imported():
+    code = (
+        "import sys, verl\n"
+        "assert 'verl_agrae.agrae_trainer' not in sys.modules, 'plain import verl must stay light'\n"
+        "from verl.trainer.ppo.v1 import get_trainer_cls\n"
+        "print(get_trainer_cls('agrae_sync').__name__, get_trainer_cls('agrae_separate_async').__name__)\n"
+    )
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["AgraeSyncTrainer", "AgraeSeparateAsyncTrainer"]

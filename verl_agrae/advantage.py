@@ -38,6 +38,7 @@ __all__ = [
     "success_from_rewards",
     "suppression_factor",
     "to_token_level",
+    "valid_rows",
 ]
 
 
@@ -57,6 +58,8 @@ class AgraeResult:
         group_ids: ``(bs,)`` int64 dense group id of each row.
         valid: ``(bs,)`` bool, rows with at least one response token.
         mu: batch mean success rate used for the A-GRAE terms.
+        mu_batch: mean success rate over this batch's own valid groups (equals ``mu`` unless the caller
+            supplied ``mu`` or groups generated outside the batch).
         suppression: factor ``min(1, mu / alpha)`` applied to positive advantages (1.0 when off).
     """
 
@@ -68,6 +71,7 @@ class AgraeResult:
     group_ids: torch.Tensor
     valid: torch.Tensor
     mu: float
+    mu_batch: float
     suppression: float
 
 
@@ -132,6 +136,28 @@ def group_mean_std(
     sq = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, group_ids, dev * dev)
     std = torch.sqrt(sq / (count - 1.0).clamp(min=1.0))
     return count, mean, std
+
+
+def valid_rows(response_mask: torch.Tensor) -> torch.Tensor:
+    """Rows with at least one response token (non-padding rows).
+
+    Exact for any mask, but cheap for verl's layout: responses are right-padded, so a valid row almost always
+    has its first mask entry set; only the rows where it is not (padding rows) are scanned in full. This
+    avoids a full ``(bs, L)`` pass, which at 8192 x 1024 costs as much as the estimator's remaining work.
+
+    Args:
+        response_mask: ``(bs, L)``.
+
+    Returns:
+        ``(bs,)`` bool.
+    """
+    if response_mask.shape[1] == 0:
+        return torch.zeros(response_mask.shape[0], dtype=torch.bool)
+    valid = response_mask[:, 0] != 0
+    unsure = torch.nonzero(~valid).squeeze(-1)
+    if unsure.numel():
+        valid[unsure] = (response_mask[unsure] != 0).any(dim=-1)
+    return valid
 
 
 def success_from_rewards(
@@ -267,6 +293,7 @@ def agrae_sequence_advantage(
     epsilon: float = 1e-6,
     success_threshold: float | None = None,
     mu: float | None = None,
+    extra_group_success: Sequence[float] | torch.Tensor | None = None,
 ) -> AgraeResult:
     """A-GRAE sequence-level advantages with all intermediate quantities (spec steps 1-3).
 
@@ -280,8 +307,10 @@ def agrae_sequence_advantage(
         suppress_correct: apply the asymmetric suppression (spec step 3).
         epsilon: numerical epsilon of steps 1 and 2.
         success_threshold: success is ``r > threshold`` when given; else rewards must be in [0, 1].
-        mu: batch mean success rate to use instead of this batch's own (e.g. computed before DAPO's
-            dynamic-sampling filter removed the all-solved and all-failed groups).
+        mu: batch mean success rate to use instead of this batch's own.
+        extra_group_success: success rates ``p`` of groups generated for this step but absent from the batch
+            (DAPO's dynamic sampling drops the groups with ``p`` in {0, 1}); they count in ``mu`` only, so
+            ``mu`` is the mean over all generated groups. Exclusive with ``mu``.
 
     Returns:
         An :class:`AgraeResult`.
@@ -301,11 +330,13 @@ def agrae_sequence_advantage(
         raise ValueError(f"A-GRAE: alpha must be > 0, got {alpha}")
     if mu is not None and not (0.0 <= mu <= 1.0):
         raise ValueError(f"A-GRAE: a supplied mu must lie in [0, 1], got {mu}")
+    if mu is not None and extra_group_success is not None:
+        raise ValueError("A-GRAE: pass either mu or extra_group_success, not both")
     bs = token_level_rewards.shape[0]
     dtype = token_level_rewards.dtype if token_level_rewards.is_floating_point() else torch.float32
     # All statistics in float32 or wider on CPU; the trainer hands us CPU tensors already.
     rewards = token_level_rewards.detach().to(device="cpu", dtype=dtype).sum(dim=-1)
-    valid = response_mask.detach().to("cpu").sum(dim=-1) > 0
+    valid = valid_rows(response_mask.detach().to("cpu"))
     if not bool(torch.isfinite(rewards[valid]).all()):
         bad = int(torch.nonzero(valid & ~torch.isfinite(rewards))[0])
         raise ValueError(f"A-GRAE: outcome reward of row {bad} is {rewards[bad].item()} (not finite)")
@@ -315,15 +346,26 @@ def agrae_sequence_advantage(
     base, size = grae_advantage(rewards, group_ids, valid, num_groups, norm_adv_by_std, epsilon)
     success = success_from_rewards(rewards, valid, success_threshold)
     count, p_group, _ = group_mean_std(success, group_ids, valid, num_groups)
-    batch_mu = batch_mean_success(p_group, count) if mu is None else float(mu)
+    batch_mu = batch_mean_success(p_group, count)
+    if mu is not None:
+        used_mu = float(mu)
+    elif extra_group_success is not None:
+        extra = torch.as_tensor(extra_group_success, dtype=torch.float64).reshape(-1)
+        if bool(((extra < 0) | (extra > 1) | ~torch.isfinite(extra)).any()):
+            raise ValueError("A-GRAE: extra_group_success values must be success rates in [0, 1]")
+        n_batch = int((count > 0).sum())
+        total = n_batch + extra.numel()
+        used_mu = (batch_mu * n_batch + float(extra.sum())) / total if total else 0.0
+    else:
+        used_mu = batch_mu
     p_row = torch.where(valid, p_group[group_ids], torch.zeros_like(rewards))
 
     adv = base
     if difficulty_shift:
-        w = difficulty_weight(p_row, batch_mu, epsilon)
+        w = difficulty_weight(p_row, used_mu, epsilon)
         # Singletons are exempt: one response says nothing about difficulty and w is unbounded at p in {0, 1}.
         adv = torch.where(size >= 2, w * adv, adv)
-    factor = suppression_factor(batch_mu, alpha) if suppress_correct else 1.0
+    factor = suppression_factor(used_mu, alpha) if suppress_correct else 1.0
     if suppress_correct:
         adv = torch.where(adv > 0, adv * factor, adv)
     adv = torch.where(valid, adv, torch.zeros_like(adv))
@@ -335,7 +377,8 @@ def agrae_sequence_advantage(
         group_size=size,
         group_ids=group_ids,
         valid=valid,
-        mu=batch_mu,
+        mu=used_mu,
+        mu_batch=batch_mu,
         suppression=factor,
     )
 
@@ -353,6 +396,7 @@ def compute_agrae_outcome_advantage(
     epsilon: float = 1e-6,
     success_threshold: float | None = None,
     mu: float | None = None,
+    extra_group_success: Sequence[float] | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-level A-GRAE advantages, verl's estimator contract (spec step 4).
 
@@ -360,8 +404,8 @@ def compute_agrae_outcome_advantage(
         token_level_rewards: ``(bs, L)``.
         response_mask: ``(bs, L)``.
         index: ``(bs,)`` group labels.
-        alpha, norm_adv_by_std, difficulty_shift, suppress_correct, epsilon, success_threshold, mu:
-            see :func:`agrae_sequence_advantage`.
+        alpha, norm_adv_by_std, difficulty_shift, suppress_correct, epsilon, success_threshold, mu,
+            extra_group_success: see :func:`agrae_sequence_advantage`.
 
     Returns:
         ``(advantages, returns)``, both ``(bs, L)`` on the device and dtype of ``token_level_rewards``
@@ -378,6 +422,7 @@ def compute_agrae_outcome_advantage(
         epsilon=epsilon,
         success_threshold=success_threshold,
         mu=mu,
+        extra_group_success=extra_group_success,
     )
     adv = to_token_level(result.advantages, response_mask)
     return adv, adv
@@ -393,4 +438,5 @@ def to_token_level(seq_advantages: torch.Tensor, response_mask: torch.Tensor) ->
     Returns:
         ``(bs, L)`` advantages on ``response_mask``'s device, zero outside the response.
     """
-    return seq_advantages.to(response_mask.device).unsqueeze(-1) * response_mask.to(seq_advantages.dtype)
+    # Multiply, don't cast: verl's masks are int64 and type promotion gives a float result in one pass.
+    return seq_advantages.to(response_mask.device).unsqueeze(-1) * response_mask

@@ -3,7 +3,7 @@
 Pure functions of sequence-level tensors, so they describe any estimator's advantages (A-GRAE, or GRPO
 for comparison). Keys (all prefixed ``agrae/``):
 
-- ``mu``: batch mean success rate; ``suppression``: ``min(1, mu / alpha)`` (when ``alpha`` is given);
+- ``mu``: mean success rate the estimator used; ``suppression``: ``min(1, mu / alpha)`` (when ``alpha`` is given);
 - ``adv_pos_sum`` / ``adv_neg_sum``: summed positive advantage and summed |negative| advantage over valid rows;
 - ``pos_to_neg_ratio``: ``adv_pos_sum / adv_neg_sum`` (1.0 for GRPO-like symmetric batches; below 1 while
   A-GRAE suppresses correct responses); 1.0 when both sums are 0, capped at 1e6 when only the negative
@@ -104,7 +104,9 @@ def batch_diagnostics(
 def diagnostics_from_result(result: AgraeResult, alpha: float | None = None, num_bins: int = 4) -> dict[str, float]:
     """:func:`batch_diagnostics` of an :class:`~verl_agrae.advantage.AgraeResult`, with the mu it used.
 
-    Also reports ``agrae/base_adv_abs_mean`` (the GRAE scale before the A-GRAE terms) for comparison.
+    Also reports ``agrae/mu_batch`` (the batch's own mean success rate; differs from ``agrae/mu`` when groups
+    dropped by dynamic sampling were counted) and ``agrae/base_adv_abs_mean`` (the GRAE scale before the A-GRAE
+    terms) for comparison.
     """
     out = batch_diagnostics(
         result.advantages,
@@ -115,6 +117,7 @@ def diagnostics_from_result(result: AgraeResult, alpha: float | None = None, num
         alpha=alpha,
         num_bins=num_bins,
     )
+    out[PREFIX + "mu_batch"] = float(result.mu_batch)
     base = result.base_advantages[result.valid].abs()
     out[PREFIX + "base_adv_abs_mean"] = float(base.mean()) if base.numel() else 0.0
     return out

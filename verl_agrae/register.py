@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,7 +21,14 @@ import torch
 from verl_agrae.advantage import AgraeResult, agrae_sequence_advantage, to_token_level
 from verl_agrae.config import AgraeConfig
 
-__all__ = ["ESTIMATOR_NAME", "agrae_advantage_estimator", "ensure_registered", "last_result", "register"]
+__all__ = [
+    "ESTIMATOR_NAME",
+    "agrae_advantage_estimator",
+    "ensure_registered",
+    "groups_outside_batch",
+    "last_result",
+    "register",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +38,7 @@ ENTRY_POINT_NAME = "agrae"
 PLUGIN_MODULE = "verl_agrae.plugin"
 
 _last: AgraeResult | None = None
+_outside_batch: list[float] | None = None
 
 
 @torch.no_grad()
@@ -59,10 +69,28 @@ def agrae_advantage_estimator(
     """
     global _last
     opts = AgraeConfig.from_algorithm(config)
-    result = agrae_sequence_advantage(token_level_rewards, response_mask, index, mu=mu, **opts.estimator_kwargs())
+    extra = _outside_batch if mu is None else None
+    result = agrae_sequence_advantage(
+        token_level_rewards, response_mask, index, mu=mu, extra_group_success=extra, **opts.estimator_kwargs()
+    )
     _last = result
     adv = to_token_level(result.advantages, response_mask)
     return adv, adv
+
+
+@contextmanager
+def groups_outside_batch(success_rates: Sequence[float]) -> Iterator[None]:
+    """Within this block, ``agrae`` calls count these groups in ``mu`` (one success rate per group).
+
+    verl calls registered estimators with a fixed set of arguments, so a trainer that knows about groups
+    generated for the step but dropped before the batch (DAPO's dynamic sampling) hands them over this way.
+    """
+    global _outside_batch
+    previous, _outside_batch = _outside_batch, [float(p) for p in success_rates]
+    try:
+        yield
+    finally:
+        _outside_batch = previous
 
 
 def last_result() -> AgraeResult | None:

@@ -1,0 +1,121 @@
+"""The A-GRAE trainer mixin: diagnostics in metrics, mu from all generated groups, reference pool mapping.
+
+These drive the mixin over a minimal stand-in for verl's trainer base (its `_compute_advantage` calls verl's own
+`compute_advantage` on a DataProto); the end-to-end runs through verl's real trainer are in the trainer tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from verl_agrae.advantage import agrae_sequence_advantage
+from verl_agrae.agrae_trainer import AgraeTrainerMixin, dropped_group_success
+from verl_agrae.diagnostics import diagnostics_from_result
+
+DAPO_KEY = "_dapo_filtered_reward_counts"
+
+
+class _Base:
+    def __init__(self, config):
+        self.config = config
+
+    def _compute_advantage(self, batch, metrics):
+        from verl.trainer.ppo.ray_trainer import compute_advantage
+
+        return compute_advantage(batch, adv_estimator=self.config.algorithm.adv_estimator, config=self.config.algorithm)
+
+
+class _Trainer(AgraeTrainerMixin, _Base):
+    pass
+
+
+def _config(estimator="agrae", **agrae):
+    cfg = OmegaConf.create({"algorithm": {"adv_estimator": estimator, "norm_adv_by_std_in_grpo": True, "agrae": agrae}})
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _mixed_batch():
+    from verl import DataProto
+
+    # what survives DAPO's filter: only mixed groups (p = 0.25, 0.5, 0.75)
+    r = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0])
+    tlr = r[:, None].repeat(1, 3) / 3
+    uids = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 4, dtype=object)
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": tlr, "response_mask": torch.ones(12, 3)}, non_tensors={"uid": uids}
+    )
+    return data, tlr, uids
+
+
+def test_mu_counts_groups_dropped_by_dynamic_sampling_and_metrics_are_logged():
+    data, tlr, uids = _mixed_batch()
+    trainer = _Trainer(_config())
+    metrics = {DAPO_KEY: {1.0: 3, 0.0: 1}}  # 3 all-solved and 1 all-failed group were dropped
+    out = trainer._compute_advantage(data, metrics)
+    expected = agrae_sequence_advantage(tlr, torch.ones(12, 3), uids, extra_group_success=[1, 1, 1, 0])
+    post_filter = agrae_sequence_advantage(tlr, torch.ones(12, 3), uids)
+    assert expected.mu == pytest.approx((0.25 + 0.5 + 0.75 + 3) / 7)
+    assert post_filter.mu == pytest.approx(0.5)
+    torch.testing.assert_close(out.batch["advantages"], expected.advantages[:, None].expand(12, 3))
+    assert not torch.allclose(out.batch["advantages"][:, 0], post_filter.advantages)
+    assert metrics["agrae/mu"] == pytest.approx(expected.mu)
+    assert metrics["agrae/mu_batch"] == pytest.approx(0.5)
+    assert metrics["agrae/groups_dropped"] == 4.0
+    direct = diagnostics_from_result(expected, alpha=1.0)
+    for key, value in direct.items():
+        assert metrics[key] == pytest.approx(value), key
+
+
+def test_without_dynamic_sampling_mu_is_the_batch_mean():
+    data, tlr, uids = _mixed_batch()
+    metrics = {}
+    _Trainer(_config(alpha=0.5))._compute_advantage(data, metrics)
+    assert metrics["agrae/mu"] == metrics["agrae/mu_batch"] == pytest.approx(0.5)
+    assert metrics["agrae/suppression"] == pytest.approx(1.0)
+    assert metrics["agrae/groups_dropped"] == 0.0
+
+
+def test_other_estimators_pass_through_untouched():
+    data, _, _ = _mixed_batch()
+    metrics = {}
+    _Trainer(_config("grpo"))._compute_advantage(data, metrics)
+    assert not any(k.startswith("agrae/") for k in metrics)
+
+
+def test_dropped_group_success_rules():
+    assert dropped_group_success(None, None) == []
+    assert sorted(dropped_group_success({1.0: 2, 0.0: 1}, None)) == [0.0, 1.0, 1.0]
+    assert sorted(dropped_group_success({1.0: 1, -1.0: 2}, 0.0)) == [0.0, 0.0, 1.0]  # DAPO +-1 scores
+    with pytest.raises(ValueError, match="success_threshold"):
+        dropped_group_success({-1.0: 1}, None)
+
+
+def test_reference_policy_gets_its_own_pool():
+    from verl.trainer.ppo.utils import Role
+
+    class _PoolBase:
+        def __init__(self, config):
+            self.config = config
+
+        def _init_resource_pool_mgr(self):
+            from verl.single_controller.ray.base import ResourcePoolManager as RPM
+
+            self.role_worker_mapping = {Role.Actor: object, Role.RefPolicy: object}
+            self.mapping = {Role.Actor: "global_pool", Role.RefPolicy: "global_pool"}
+            self.resource_pool_manager = RPM(resource_pool_spec={"global_pool": [2]}, mapping=self.mapping)
+
+    class _T(AgraeTrainerMixin, _PoolBase):
+        pass
+
+    t = _T(OmegaConf.create({"ref_pool": {"nnodes": 1, "n_gpus_per_node": 1}}))
+    t._init_resource_pool_mgr()
+    assert t.mapping[Role.RefPolicy] == "ref_pool" and t.mapping[Role.Actor] == "global_pool"
+    assert t.resource_pool_manager.resource_pool_spec == {"global_pool": [2], "ref_pool": [1]}
+
+    fused = _T(OmegaConf.create({}))
+    fused._init_resource_pool_mgr()
+    assert fused.mapping[Role.RefPolicy] == "global_pool"
