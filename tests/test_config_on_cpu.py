@@ -75,3 +75,24 @@ def test_bad_norm_flag_names_algorithm_key():
 def test_non_mapping_agrae_node():
     with pytest.raises(TypeError, match="algorithm.agrae must be a mapping"):
         AgraeConfig.from_algorithm({"agrae": 3})
+
+
+def test_reward_scheme_problem_names_the_keys():
+    from verl_agrae.config import reward_scheme_problem
+
+    dapo = OmegaConf.create(
+        {
+            "algorithm": {"adv_estimator": "agrae", "use_kl_in_reward": True, "agrae": {"success_threshold": None}},
+            "reward": {"reward_manager": {"name": "dapo"}, "custom_reward_function": {"reward_kwargs": {"dapo": True}}},
+        }
+    )
+    msg = reward_scheme_problem(dapo)
+    assert "algorithm.agrae.success_threshold" in msg
+    for key in ("reward_kwargs.dapo", "reward_manager.name=dapo", "use_kl_in_reward"):
+        assert key in msg
+    dapo.algorithm.agrae.success_threshold = 0.0
+    assert reward_scheme_problem(dapo) is None
+    grpo = OmegaConf.create({"algorithm": {"adv_estimator": "grpo", "use_kl_in_reward": True}})
+    assert reward_scheme_problem(grpo) is None
+    plain = OmegaConf.create({"algorithm": {"adv_estimator": "agrae"}, "reward": {"reward_manager": {"name": "naive"}}})
+    assert reward_scheme_problem(plain) is None

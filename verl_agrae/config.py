@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["AgraeConfig"]
+__all__ = ["AgraeConfig", "reward_scheme_problem"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,48 @@ class AgraeConfig:
         d = dataclasses.asdict(self)
         d["norm_adv_by_std"] = d.pop("norm_adv_by_std_in_grpo")
         return d
+
+
+def reward_scheme_problem(config: Any) -> str | None:
+    """Why a full verl config would feed A-GRAE rewards that are not success rates, or None.
+
+    A-GRAE reads the success rate from the reward itself unless ``algorithm.agrae.success_threshold`` is set.
+    These verl settings put rewards outside [0, 1], so without a threshold the run would stop at the first
+    advantage computation (or, in the authors' code, take ``sqrt`` of a negative number): DAPO's +1/-1 scores
+    (``reward.custom_reward_function.reward_kwargs.dapo``), the ``dapo`` reward manager's overlong penalty,
+    an overlong buffer, and KL in the reward (``algorithm.use_kl_in_reward``). Checked before Ray starts.
+
+    Args:
+        config: the composed training config (``DictConfig`` or nested dicts).
+
+    Returns:
+        A message naming the keys at fault, or None when A-GRAE is not selected or the scheme is fine.
+    """
+
+    def sel(path: str, default: Any = None) -> Any:
+        node = config
+        for part in path.split("."):
+            node = _get(node, part, None) if node is not None else None
+        return default if node is None else node
+
+    if sel("algorithm.adv_estimator") != "agrae" or sel("algorithm.agrae.success_threshold") is not None:
+        return None
+    causes = []
+    if bool(sel("reward.custom_reward_function.reward_kwargs.dapo", False)):
+        causes.append("reward.custom_reward_function.reward_kwargs.dapo=true gives +1/-1 scores")
+    if sel("reward.reward_manager.name") == "dapo" or sel("reward.reward_manager") == "dapo":
+        causes.append("reward.reward_manager.name=dapo adds an overlong penalty below 0")
+    if bool(sel("reward.reward_kwargs.overlong_buffer_cfg.enable", False)):
+        causes.append("reward.reward_kwargs.overlong_buffer_cfg.enable=true adds a penalty below 0")
+    if bool(sel("algorithm.use_kl_in_reward", False)):
+        causes.append("algorithm.use_kl_in_reward=true shifts rewards by a KL penalty")
+    if not causes:
+        return None
+    return (
+        "algorithm.agrae.success_threshold is null but the rewards are not success rates in [0, 1]: "
+        + "; ".join(causes)
+        + ". Set algorithm.agrae.success_threshold (0.0 for DAPO's +1/-1 scores)."
+    )
 
 
 def _get(node: Any, key: str, default: Any) -> Any:
