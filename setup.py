@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "pyyaml",
     "tqdm",
     "matplotlib",
+    "psutil",
 ]
 
 EXTRAS = {
@@ -53,6 +54,7 @@ setup(
         "verl.plugins": ["agrae = verl_agrae.plugin"],
         "console_scripts": [
             "verl-agrae = verl_agrae.cli:main",
+            "verl-agrae-train = verl_agrae.trainer.main:main",
         ],
     },
 )

@@ -3,6 +3,8 @@
 Keep this import cheap: it runs inside ``import verl`` in the driver, the TaskRunner and every worker.
 
 - The ``agrae`` advantage estimator is registered at once (cheap: pure torch).
+- The ``cpu`` platform (:mod:`verl_agrae.platform`; active only with ``VERL_PLATFORM=cpu``) and the ``hf`` rollout
+  backend (:mod:`verl_agrae.rollout`) are registered at once: verl resolves both by name in its workers.
 - Our trainer modes (``agrae_sync``, ``agrae_separate_async``, :mod:`verl_agrae.agrae_trainer`) import verl's
   whole V1 trainer stack, which only the TaskRunner needs. They are registered by a one-shot import hook the
   moment a process imports ``verl.trainer.ppo.v1`` (where ``get_trainer_cls`` lives), so
@@ -58,7 +60,25 @@ def _register_trainers() -> None:
         logger.exception("verl-agrae: could not register the agrae_* trainer modes")
 
 
+def _register_backends() -> None:
+    # Each in its own try: a failure here must not take the estimator down with it; it is logged, and
+    # `verl-agrae doctor` / the training entry point check what they need explicitly.
+    try:
+        from verl_agrae.platform import install
+
+        install()  # registers the `cpu` platform; activates it only when VERL_PLATFORM=cpu
+    except Exception:
+        logger.exception("verl-agrae: could not install the CPU platform plugin")
+    try:
+        from verl_agrae.rollout import register as register_hf_rollout
+
+        register_hf_rollout()  # the `hf` rollout backend (no model loading)
+    except Exception:
+        logger.exception("verl-agrae: could not register the `hf` rollout backend")
+
+
 register()
+_register_backends()
 if _V1_PACKAGE in sys.modules:
     _register_trainers()
 elif not any(isinstance(f, _AfterImport) and f.name == _V1_PACKAGE for f in sys.meta_path):

@@ -1,0 +1,168 @@
+# shellcheck shell=bash
+# Shared settings of the paper's experiments, sourced by the scripts in examples/math and examples/vl.
+#
+# Every script builds the Hydra overrides of one setting, then `agrae_example_launch` either runs
+#   verl-agrae train --config-name agrae OVERRIDES... EXTRA_ARGS...
+# here (LAUNCHER=local, default), submits it with slurm/train.sbatch (LAUNCHER=slurm), or, with DRY_RUN=1,
+# prints the command and the composed config (checked by verl's validate_config) without launching.
+# DRY_RUN=command prints the command only.
+#
+# Variables: MODEL (HF id or local dir), DATA_DIR (default: <repo>/data, filled by examples/prepare_data.sh),
+# NNODES (1), GPUS_PER_NODE (8), EXP (experiment name), PYTHON (for DRY_RUN), SBATCH_ARGS (LAUNCHER=slurm).
+
+AGRAE_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA_DIR=${DATA_DIR:-$AGRAE_REPO/data}
+NNODES=${NNODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+
+# The paper's training recipe (arXiv 2602.05548): 1024 prompts x 8 rollouts per step, lr 1e-6, responses up
+# to 3072 tokens, 20 epochs. Micro-batching, offloading and vLLM memory are our choices for 8 x 80 GB GPUs.
+# Args: model path, tensor parallel size, train files, val files, and optionally prompts per step (1024),
+# max prompt length (1024), max response length (3072), PPO mini-batch (256).
+agrae_paper_overrides() {
+    local model=$1 tp=$2 train=$3 val=$4 batch=${5:-1024} max_prompt=${6:-1024} max_resp=${7:-3072} mini=${8:-256}
+    AGRAE_OVERRIDES=(
+        "data.train_files=$train"
+        "data.val_files=$val"
+        "data.train_batch_size=$batch"
+        "data.max_prompt_length=$max_prompt"
+        "data.max_response_length=$max_resp"
+        data.filter_overlong_prompts=True
+        data.truncation=error
+        "actor_rollout_ref.model.path=$model"
+        actor_rollout_ref.model.use_remove_padding=True
+        actor_rollout_ref.model.enable_gradient_checkpointing=True
+        actor_rollout_ref.actor.optim.lr=1e-6
+        "actor_rollout_ref.actor.ppo_mini_batch_size=$mini"
+        actor_rollout_ref.actor.use_dynamic_bsz=True
+        actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384
+        actor_rollout_ref.ref.log_prob_use_dynamic_bsz=True
+        actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=32768
+        actor_rollout_ref.ref.fsdp_config.param_offload=True
+        actor_rollout_ref.rollout.name=vllm
+        actor_rollout_ref.rollout.n=8
+        actor_rollout_ref.rollout.temperature=1.0
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=$tp"
+        actor_rollout_ref.rollout.gpu_memory_utilization=0.6
+        actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=True
+        actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=32768
+        actor_rollout_ref.rollout.val_kwargs.do_sample=True
+        actor_rollout_ref.rollout.val_kwargs.temperature=0.6
+        actor_rollout_ref.rollout.val_kwargs.top_p=0.95
+        actor_rollout_ref.rollout.val_kwargs.n=1
+        trainer.total_epochs=20
+        trainer.save_freq=10
+        trainer.test_freq=10
+        trainer.project_name=verl_agrae_paper
+    )
+}
+
+# Append the overrides of one method. Args: method (grpo, grpo+agrae, drgrpo, drgrpo+agrae, dapo, dapo+agrae),
+# A-GRAE alpha, max response length (DAPO's overlong shaping).
+#   grpo    verl's GRPO: std-normalised group advantage, token-mean loss, KL loss 0.001 (low_var_kl).
+#   drgrpo  Dr.GRPO: no std normalisation, seq-mean-token-sum-norm loss, no KL.
+#   dapo    DAPO: clip-higher 0.2/0.28 (clip_ratio_c 10), token-mean loss, dynamic sampling on acc,
+#           overlong reward shaping (last 512 tokens), no KL; rewards are +1/-1 (acc kept separately).
+#   +agrae  A-GRAE advantage (algorithm.adv_estimator=agrae, alpha); under DAPO success = 1[score > 0].
+agrae_method_overrides() {
+    local method=$1 alpha=$2 max_resp=$3
+    local base=${method%+agrae}
+    case $base in
+        grpo)
+            AGRAE_OVERRIDES+=(
+                algorithm.norm_adv_by_std_in_grpo=True
+                actor_rollout_ref.actor.loss_agg_mode=token-mean
+                actor_rollout_ref.actor.use_kl_loss=True
+                actor_rollout_ref.actor.kl_loss_coef=0.001
+                actor_rollout_ref.actor.kl_loss_type=low_var_kl
+                algorithm.use_kl_in_reward=False
+            )
+            ;;
+        drgrpo)
+            AGRAE_OVERRIDES+=(
+                algorithm.norm_adv_by_std_in_grpo=False
+                actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm
+                actor_rollout_ref.actor.use_kl_loss=False
+                algorithm.use_kl_in_reward=False
+            )
+            ;;
+        dapo)
+            AGRAE_OVERRIDES+=(
+                algorithm.norm_adv_by_std_in_grpo=True
+                actor_rollout_ref.actor.clip_ratio_low=0.2
+                actor_rollout_ref.actor.clip_ratio_high=0.28
+                actor_rollout_ref.actor.clip_ratio_c=10.0
+                actor_rollout_ref.actor.loss_agg_mode=token-mean
+                actor_rollout_ref.actor.use_kl_loss=False
+                algorithm.use_kl_in_reward=False
+                algorithm.filter_groups.enable=True
+                algorithm.filter_groups.metric=acc
+                reward.reward_manager.name=dapo
+                +reward.reward_kwargs.overlong_buffer_cfg.enable=True
+                +reward.reward_kwargs.overlong_buffer_cfg.len=512
+                +reward.reward_kwargs.overlong_buffer_cfg.penalty_factor=1.0
+                +reward.reward_kwargs.overlong_buffer_cfg.log=True
+                "+reward.reward_kwargs.max_resp_len=$max_resp"
+                +reward.custom_reward_function.reward_kwargs.dapo=True
+            )
+            ;;
+        *)
+            echo "unknown method '$method': expected grpo, drgrpo or dapo, optionally with +agrae" >&2
+            return 2
+            ;;
+    esac
+    if [[ "$method" == *+agrae ]]; then
+        AGRAE_OVERRIDES+=(algorithm.adv_estimator=agrae "algorithm.agrae.alpha=$alpha")
+        if [[ "$base" == dapo ]]; then
+            # DAPO scores are +1/-1: the success rate must come from a threshold, not the raw score.
+            AGRAE_OVERRIDES+=(algorithm.agrae.success_threshold=0.0)
+        fi
+    else
+        AGRAE_OVERRIDES+=(algorithm.adv_estimator=grpo)
+    fi
+}
+
+# Run, submit or print. Args: experiment name, extra overrides from the command line.
+agrae_example_launch() {
+    local exp=${EXP:-$1}
+    shift
+    local -a cmd
+    case ${LAUNCHER:-local} in
+        local)
+            cmd=(verl-agrae train --config-name agrae "${AGRAE_OVERRIDES[@]}"
+                "trainer.nnodes=$NNODES" "trainer.n_gpus_per_node=$GPUS_PER_NODE"
+                "trainer.experiment_name=$exp" "$@")
+            ;;
+        slurm)
+            local -a sbatch_args=()
+            read -r -a sbatch_args <<<"${SBATCH_ARGS:-}"
+            # train.sbatch adds trainer.nnodes / n_gpus_per_node from the allocation and run.dir per job name.
+            cmd=(sbatch "--nodes=$NNODES" "--gpus-per-node=$GPUS_PER_NODE" "--job-name=$exp" "${sbatch_args[@]}"
+                "$AGRAE_REPO/slurm/train.sbatch" agrae "${AGRAE_OVERRIDES[@]}" "trainer.experiment_name=$exp" "$@")
+            ;;
+        *)
+            echo "LAUNCHER must be local or slurm, got '${LAUNCHER}'" >&2
+            return 2
+            ;;
+    esac
+    if [[ -n "${DRY_RUN:-}" && "${DRY_RUN}" != 0 ]]; then
+        printf 'command:'
+        printf ' %q' "${cmd[@]}"
+        printf '\n'
+        [[ "$DRY_RUN" == command ]] && return 0
+        # Compose what verl-agrae train would (with the trainer.* keys the SLURM job adds).
+        "${PYTHON:-python}" "$AGRAE_REPO/examples/compose_config.py" --config-name agrae -- \
+            "${AGRAE_OVERRIDES[@]}" "trainer.nnodes=$NNODES" "trainer.n_gpus_per_node=$GPUS_PER_NODE" \
+            "trainer.experiment_name=$exp" "$@"
+        return
+    fi
+    exec "${cmd[@]}"
+}
+
+# Methods accepted by the training scripts.
+AGRAE_METHODS="grpo grpo+agrae drgrpo drgrpo+agrae dapo dapo+agrae"
+
+agrae_usage() {
+    echo "usage: $1 METHOD [HYDRA_OVERRIDES...]   METHOD: ${AGRAE_METHODS// /, }" >&2
+    echo "       DRY_RUN=1 $1 METHOD    print the command and the composed config, launch nothing" >&2
+}

