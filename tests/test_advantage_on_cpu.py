@@ -57,7 +57,7 @@ def reference_agrae(
                 a = 0.0
             else:
                 a = (r[i] - m) / (sd + eps) if norm else r[i] - m
-            if shift and len(rows) >= 2:
+            if shift and len(rows) >= 2 and 0 < p[g] < 1:  # w is unbounded at p in {0, 1}: exempt (see module)
                 sp = math.sqrt(p[g])
                 a *= (1 - mu) * 0.5 / (1 - sp + eps) + mu * 0.5 / (sp + eps)
             if suppress and a > 0:
@@ -410,3 +410,23 @@ def test_groups_outside_the_batch_count_in_mu_only():
         agrae_sequence_advantage(r, torch.ones_like(r), uids, extra_group_success=[1.5])
     with pytest.raises(ValueError, match="either mu or extra_group_success"):
         agrae_sequence_advantage(r, torch.ones_like(r), uids, mu=0.5, extra_group_success=[1.0])
+
+
+def test_all_success_group_with_differing_rewards_is_not_blown_up():
+    # DAPO: every response correct (score > 0) but one has an overlong penalty -> rewards differ, p = 1.
+    r = torch.tensor([1.0, 0.8, 1.0, 1.0])[:, None]
+    uids = np.array(["g"] * 4, dtype=object)
+    grpo = agrae_sequence_advantage(
+        r, torch.ones_like(r), uids, success_threshold=0.0, difficulty_shift=False, suppress_correct=False
+    )
+    res = agrae_sequence_advantage(r, torch.ones_like(r), uids, success_threshold=0.0, suppress_correct=False)
+    assert res.group_success[0] == 1.0
+    torch.testing.assert_close(res.advantages, grpo.advantages)  # w = 1 at p = 1
+    assert float(res.advantages.abs().max()) < 2.0
+
+
+def test_bf16_rewards_use_float32_statistics():
+    tlr, mask, uids = make_batch(10, 3, 4, "fractional", dtype=torch.float32)
+    adv16, _ = compute_agrae_outcome_advantage(tlr.bfloat16(), mask, uids)
+    adv32, _ = compute_agrae_outcome_advantage(tlr.bfloat16().float(), mask, uids)
+    torch.testing.assert_close(adv16, adv32)

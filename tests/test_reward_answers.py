@@ -141,3 +141,23 @@ def test_dapo_scores_keep_acc(grading_pool):
     assert (good["score"], good["acc"]) == (1.0, True)
     assert (bad["score"], bad["acc"]) == (-1.0, False)
     assert (none["score"], none["acc"], none["pred"]) == (-1.0, False, "")
+
+
+@pytest.mark.parametrize(
+    ("pred", "truth", "equal"),
+    [
+        (r"3\mathrm{e}", "3", False),  # Euler's number, not a unit
+        (r"2\mathrm{i}", "2", False),  # imaginary unit
+        (r"10 \text{ million}", "10", False),  # a scale word changes the value
+        (r"5\text{ cm}", r"5\text{ m}", False),  # different units
+        ("1, 234", "1234", False),  # a list, not a thousands separator
+        (r"5\text{ cm}", "5", True),
+        ("1,234", "1234", True),
+        (r"1\,000", "1000", True),
+        ("0.50", ".5", True),
+    ],
+)
+def test_fast_path_never_calls_near_misses_equal(pred, truth, equal):
+    from verl_agrae.reward.normalize import fast_equal
+
+    assert fast_equal(pred, truth) is equal

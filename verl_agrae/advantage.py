@@ -333,8 +333,9 @@ def agrae_sequence_advantage(
     if mu is not None and extra_group_success is not None:
         raise ValueError("A-GRAE: pass either mu or extra_group_success, not both")
     bs = token_level_rewards.shape[0]
-    dtype = token_level_rewards.dtype if token_level_rewards.is_floating_point() else torch.float32
-    # All statistics in float32 or wider on CPU; the trainer hands us CPU tensors already.
+    # All statistics in float32 or wider (bf16 rewards would round the group means), on CPU: the trainer hands
+    # us CPU tensors already. to_token_level's multiply brings the result back to the caller's device.
+    dtype = torch.promote_types(token_level_rewards.dtype, torch.float32)
     rewards = token_level_rewards.detach().to(device="cpu", dtype=dtype).sum(dim=-1)
     valid = valid_rows(response_mask.detach().to("cpu"))
     if not bool(torch.isfinite(rewards[valid]).all()):
@@ -363,8 +364,12 @@ def agrae_sequence_advantage(
     adv = base
     if difficulty_shift:
         w = difficulty_weight(p_row, used_mu, epsilon)
-        # Singletons are exempt: one response says nothing about difficulty and w is unbounded at p in {0, 1}.
-        adv = torch.where(size >= 2, w * adv, adv)
+        # Exempt (w = 1): singletons (spec: one response says nothing about difficulty) and groups whose success
+        # rate is 0 or 1, where w ~ 0.5 / eps = 5e5. The spec only meets the latter with constant rewards (A = 0);
+        # with a success_threshold, rewards can still differ inside an all-success or all-failure group (DAPO's
+        # overlong penalty, KL in the reward) and w would blow those differences up by 5e5.
+        shifted = (size >= 2) & (p_row > 0) & (p_row < 1)
+        adv = torch.where(shifted, w * adv, adv)
     factor = suppression_factor(used_mu, alpha) if suppress_correct else 1.0
     if suppress_correct:
         adv = torch.where(adv > 0, adv * factor, adv)

@@ -117,6 +117,8 @@ def diagnostics_from_result(result: AgraeResult, alpha: float | None = None, num
         alpha=alpha,
         num_bins=num_bins,
     )
+    # The factor actually applied (1.0 when suppress_correct is off), not min(1, mu / alpha) recomputed.
+    out[PREFIX + "suppression"] = float(result.suppression)
     out[PREFIX + "mu_batch"] = float(result.mu_batch)
     base = result.base_advantages[result.valid].abs()
     out[PREFIX + "base_adv_abs_mean"] = float(base.mean()) if base.numel() else 0.0

@@ -15,8 +15,11 @@ __all__ = ["fast_equal", "normalize_answer", "clean_for_parser"]
 _SPACING_MACROS = re.compile(r"\\(?:(?:left|right|displaystyle|textstyle)(?![a-zA-Z])|[!,;: ])")
 _FRAC_VARIANTS = re.compile(r"\\[dt]frac(?![a-zA-Z])")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
-# "5 \text{ cm}" / "5\mbox{ dollars}": a number followed only by a text-mode unit.
-_NUMBER_THEN_TEXT = re.compile(r"^([-+]?[\d.,]+)\s*\\(?:text|mbox|textrm|mathrm)\{\s*[a-zA-Z ]*\}$")
+# "5 \text{ cm}" / "5\mbox{ dollars}": a number followed only by a text-mode unit word (2+ letters). Not
+# \mathrm: \mathrm{e} and \mathrm{i} are constants, not units.
+_NUMBER_THEN_TEXT = re.compile(r"^([-+]?[\d.,]+)\s*\\(?:text|mbox|textrm)\{\s*([a-zA-Z][a-zA-Z ]*[a-zA-Z])\s*\}$")
+# Words that change the value rather than name a unit: "10 \text{ million}" is not 10.
+_SCALE_WORDS = {"hundred", "thousand", "million", "billion", "trillion", "percent", "dozen"}
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _BRACED_COMMA = re.compile(r"(\d)\{,\}(\d)")
 _PLAIN_DECIMAL = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)$")
@@ -44,6 +47,11 @@ def normalize_answer(ans: str) -> str:
     Returns:
         The normalised string (may be empty).
     """
+    return _normalize(ans)[0]
+
+
+def _normalize(ans: str) -> tuple[str, str]:
+    """``(normalised answer, stripped unit word or "")``."""
     s = ans.strip().strip("$").strip()
     s = _sub_all(_LATEX_THOUSANDS, r"\1\2", s)
     s = _sub_all(_BRACED_COMMA, r"\1,\2", s)
@@ -51,15 +59,17 @@ def normalize_answer(ans: str) -> str:
     s = _FRAC_VARIANTS.sub(r"\\frac", s)
     s = _DEGREE.sub("", s)
     s = s.replace("~", " ")
+    unit = ""
     m = _NUMBER_THEN_TEXT.match(s)
-    if m:
-        s = m.group(1)
+    if m and not set(m.group(2).lower().split()) & _SCALE_WORDS:
+        s, unit = m.group(1), " ".join(m.group(2).lower().split())
+    # Thousands separators before spaces go: "1, 234" is a list, "1,234" a number.
+    if _THOUSANDS.match(s.strip()):
+        s = s.replace(",", "")
     s = _WHITESPACE.sub("", s)
     if s.endswith(".") and _PLAIN_DECIMAL.match(s[:-1] or "x"):
         s = s[:-1]
-    if _THOUSANDS.match(s):
-        s = s.replace(",", "")
-    return s
+    return s, unit
 
 
 def _decimal(s: str) -> Decimal | None:
@@ -82,10 +92,12 @@ def fast_equal(pred: str, truth: str) -> bool:
     Returns:
         True if equal after normalisation (or equal as plain decimal numbers); False means "unknown".
     """
-    a = normalize_answer(pred)
-    b = normalize_answer(truth)
+    a, unit_a = _normalize(pred)
+    b, unit_b = _normalize(truth)
     if not a or not b:
         return False
+    if unit_a and unit_b and unit_a != unit_b:
+        return False  # "5 cm" vs "5 m": not ours to call equal
     if a == b:
         return True
     da, db = _decimal(a), _decimal(b)
