@@ -117,12 +117,16 @@ def test_fsdp_engine_is_found_for_the_cpu(cpu_probe):
 
 
 def test_patches_are_applied_and_effective(cpu_probe):
-    assert cpu_probe["patches"] == [
+    import importlib.util
+
+    expected = [
         "fsdp2_offload_policy_pins_memory",
         "process_group_backend_names_cpu_twice",
-        "trl_without_value_head_breaks_model_build",
         "valuehead_model_hardcodes_flash_attention",
     ]
+    if importlib.util.find_spec("trl") is not None:  # only answered where trl is installed (the `bench` extra)
+        expected.append("trl_without_value_head_breaks_model_build")
+    assert cpu_probe["patches"] == sorted(expected)
     assert cpu_probe["ref_offload_pins"] is False
     assert cpu_probe["valuehead_loader"] == "verl_agrae.platform.patches"
     assert cpu_probe["fsdp2_forward_ok"]

@@ -14,7 +14,6 @@ from verl_agrae.reward import CheckResult, GradingPool, compute_score, score_bat
 
 TIMEOUT = 1.0  # short, so that every pathological item costs about a second
 _WATCHED_SIGNALS = (signal.SIGALRM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM)
-_HANDLERS_AT_IMPORT = {sig: signal.getsignal(sig) for sig in _WATCHED_SIGNALS}
 KEYS = {"score": float, "acc": bool, "pred": str, "timeout": bool}
 
 
@@ -274,10 +273,12 @@ def test_check_rejects_oversized_or_non_str(pool):
     ]
 
 
-def test_caller_signal_handlers_untouched(solo):
-    # Handlers as pytest set them before any pool existed (recorded at import) are still in place after the
-    # pools of this module started workers, timed out and killed them.
-    assert solo.check(r"\boxed{9^{9^{9^{9}}}}", "1").timeout
-    assert solo.check("2", "2").equal
-    assert {sig: signal.getsignal(sig) for sig in _WATCHED_SIGNALS} == _HANDLERS_AT_IMPORT
+def test_caller_signal_handlers_untouched():
+    # Handlers in place before a pool exists are still in place after it started workers, timed out and killed
+    # them. Recorded here, not at import: other test modules (Ray) legitimately change them in between.
+    before = {sig: signal.getsignal(sig) for sig in _WATCHED_SIGNALS}
+    with GradingPool(num_workers=1, timeout=TIMEOUT) as pool:
+        assert pool.check(r"\boxed{9^{9^{9^{9}}}}", "1").timeout
+        assert pool.check("2", "2").equal
+    assert {sig: signal.getsignal(sig) for sig in _WATCHED_SIGNALS} == before
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
