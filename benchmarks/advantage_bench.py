@@ -31,20 +31,24 @@ def make_inputs(rows: int, length: int, n: int, seed: int = 0):
     return tlr, mask, uids
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def median_times(fns: dict, repeats: dict[str, int]) -> dict[str, float]:
+    """Median wall time of each function; runs are interleaved so drift in machine load hits all alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(max(repeats.values())):
+        for name, fn in fns.items():
+            if r < repeats[name]:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small grid for a smoke run")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -65,14 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         for rows in rows_grid:
             for length in lengths:
                 tlr, mask, uids = make_inputs(rows, length, n)
-                t = {}
+                calls, reps = {}, {}
                 for name, fn in estimators.items():
                     kwargs = dict(token_level_rewards=tlr, response_mask=mask, index=uids)
                     if name == "agrae":
                         kwargs["config"] = config
+                    calls[name] = lambda fn=fn, kw=kwargs: fn(**kw)
                     # verl's per-row `grpo` is slow at scale: fewer repeats keep the grid within minutes
-                    reps = max(1, args.repeats // 2) if name == "grpo" and rows >= 8192 else args.repeats
-                    t[name] = median_time(lambda fn=fn, kw=kwargs: fn(**kw), reps)
+                    reps[name] = max(1, args.repeats // 3) if name == "grpo" and rows >= 8192 else args.repeats
+                t = median_times(calls, reps)
                 r_vec = t["agrae"] / t["grpo_vectorized"]
                 r_loop = t["grpo"] / t["agrae"]
                 print(
