@@ -226,3 +226,8 @@ def test_grade_cell_scores_with_the_reward_module(tmp_path):
     assert res.correct == [[True, False, False], [True, True, False]]
     assert res.c.tolist() == [1, 2] and res.timeouts == 0
     assert res.answers[0][0] == "12" and res.answers[0][2] is None
+    # Samples regenerated with other settings: the old grades are refused, not reused.
+    (cell / "samples" / "meta.json").unlink()
+    ensure_meta(cell / "samples", {"model": "other", "shard_size": 1, "num_problems": 2})
+    with pytest.raises(ValueError, match="samples"):
+        cell_mod.grade_cell(cell, timeout=5, num_workers=1, progress=False)

@@ -5,7 +5,7 @@ Directory layout of a cell::
     problems.jsonl            index, uid, ground_truth, data_source of every problem
     samples/meta.json         model, sampling, shard size, number of problems
     samples/shard_SSSSSS_EEEEEE.jsonl   n sampled responses of problems [S, E)
-    graded/meta.json          grader settings
+    graded/meta.json          grader settings and the samples' meta they were graded from
     graded/shard_SSSSSS_EEEEEE.jsonl    acc, score, pred, timeout per response (no text)
 
 Both steps write whole shards atomically and skip the shards that exist, so a killed cell resumes
@@ -209,7 +209,9 @@ def grade_cell(
     missing = pending_ranges(samples_dir, ranges)
     if missing:
         raise FileNotFoundError(f"{cell}: {len(missing)} sample shard(s) missing (first {missing[0]}); generate first")
-    ensure_meta(out, {"grader": "verl_agrae.reward.score_batch", "timeout": timeout, "dapo": dapo})
+    # Grades belong to the samples they were made from: regenerated samples with other settings (model, seed,
+    # sampling) must not silently reuse old grades.
+    ensure_meta(out, {"grader": "verl_agrae.reward.score_batch", "timeout": timeout, "dapo": dapo, "samples": meta})
     clean_partial(out)
     _check_no_strays(out, ranges)
     todo = pending_ranges(out, ranges)
