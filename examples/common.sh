@@ -166,3 +166,11 @@ agrae_usage() {
     echo "usage: $1 METHOD [HYDRA_OVERRIDES...]   METHOD: ${AGRAE_METHODS// /, }" >&2
     echo "       DRY_RUN=1 $1 METHOD    print the command and the composed config, launch nothing" >&2
 }
+
+# Check a training script's METHOD argument: usage and exit status 2 unless it is one of AGRAE_METHODS.
+agrae_require_method() {
+    local script=$1 method=${2:-}
+    [[ " $AGRAE_METHODS " == *" $method "* ]] && return 0
+    agrae_usage "$script"
+    exit 2
+}

@@ -10,10 +10,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 method=${1:-}
-[[ " $AGRAE_METHODS " == *" $method "* ]] || {
-    agrae_usage "$0"
-    exit 2
-}
+agrae_require_method "$0" "$method"
 shift
 MODEL=${MODEL:-meta-llama/Llama-3.2-3B-Instruct}
 agrae_paper_overrides "$MODEL" 1 "$DATA_DIR/math/train.parquet" "$DATA_DIR/math500/test.parquet"

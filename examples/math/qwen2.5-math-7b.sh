@@ -13,10 +13,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 method=${1:-}
-[[ " $AGRAE_METHODS " == *" $method "* ]] || {
-    agrae_usage "$0"
-    exit 2
-}
+agrae_require_method "$0" "$method"
 shift
 MODEL=${MODEL:-Qwen/Qwen2.5-Math-7B}
 agrae_paper_overrides "$MODEL" 2 "$DATA_DIR/math/train.parquet" "$DATA_DIR/math500/test.parquet"

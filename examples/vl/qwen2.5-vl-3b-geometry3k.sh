@@ -15,10 +15,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 method=${1:-}
-[[ " $AGRAE_METHODS " == *" $method "* ]] || {
-    agrae_usage "$0"
-    exit 2
-}
+agrae_require_method "$0" "$method"
 shift
 MODEL=${MODEL:-Qwen/Qwen2.5-VL-3B-Instruct}
 agrae_paper_overrides "$MODEL" 1 "$DATA_DIR/geometry3k/train.parquet" "$DATA_DIR/geometry3k/test.parquet" \
