@@ -2,7 +2,7 @@
 # Shared settings of the paper's experiments, sourced by the scripts in examples/math and examples/vl.
 #
 # Every script builds the Hydra overrides of one setting, then `agrae_example_launch` either runs
-#   verl-agrae train --config-name agrae OVERRIDES... EXTRA_ARGS...
+#   verl-agrae train --config-name METHOD_CONFIG OVERRIDES... EXTRA_ARGS...
 # here (LAUNCHER=local, default), submits it with slurm/train.sbatch (LAUNCHER=slurm), or, with DRY_RUN=1,
 # prints the command and the composed config (checked by verl's validate_config) without launching.
 # DRY_RUN=command prints the command only.
@@ -57,79 +57,25 @@ agrae_paper_overrides() {
     )
 }
 
-# Append the overrides of one method. Args: method (grpo, grpo+agrae, drgrpo, drgrpo+agrae, dapo, dapo+agrae),
-# A-GRAE alpha, max response length (DAPO's overlong shaping).
-#   grpo    verl's GRPO: std-normalised group advantage, token-mean loss, KL loss 0.001 (low_var_kl).
-#   drgrpo  Dr.GRPO: no std normalisation, seq-mean-token-sum-norm loss, no KL.
-#   dapo    DAPO: clip-higher 0.2/0.28 (clip_ratio_c 10), token-mean loss, dynamic sampling on acc,
-#           overlong reward shaping (last 512 tokens), no KL; rewards are +1/-1 (acc kept separately).
-#   +agrae  A-GRAE advantage (algorithm.adv_estimator=agrae, alpha); under DAPO success = 1[score > 0].
+# Select one method's packaged config (AGRAE_CONFIG) and add its A-GRAE alpha. Args: method (grpo, grpo+agrae,
+# drgrpo, drgrpo+agrae, dapo, dapo+agrae), A-GRAE alpha.
 agrae_method_overrides() {
-    local method=$1 alpha=$2 max_resp=$3
-    local base=${method%+agrae}
-    case $base in
-        grpo)
-            AGRAE_OVERRIDES+=(
-                algorithm.norm_adv_by_std_in_grpo=True
-                actor_rollout_ref.actor.loss_agg_mode=token-mean
-                actor_rollout_ref.actor.use_kl_loss=True
-                actor_rollout_ref.actor.kl_loss_coef=0.001
-                actor_rollout_ref.actor.kl_loss_type=low_var_kl
-                algorithm.use_kl_in_reward=False
-            )
-            ;;
-        drgrpo)
-            AGRAE_OVERRIDES+=(
-                algorithm.norm_adv_by_std_in_grpo=False
-                actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm
-                actor_rollout_ref.actor.use_kl_loss=False
-                algorithm.use_kl_in_reward=False
-            )
-            ;;
-        dapo)
-            AGRAE_OVERRIDES+=(
-                algorithm.norm_adv_by_std_in_grpo=True
-                actor_rollout_ref.actor.clip_ratio_low=0.2
-                actor_rollout_ref.actor.clip_ratio_high=0.28
-                actor_rollout_ref.actor.clip_ratio_c=10.0
-                actor_rollout_ref.actor.loss_agg_mode=token-mean
-                actor_rollout_ref.actor.use_kl_loss=False
-                algorithm.use_kl_in_reward=False
-                algorithm.filter_groups.enable=True
-                algorithm.filter_groups.metric=acc
-                reward.reward_manager.name=dapo
-                +reward.reward_kwargs.overlong_buffer_cfg.enable=True
-                +reward.reward_kwargs.overlong_buffer_cfg.len=512
-                +reward.reward_kwargs.overlong_buffer_cfg.penalty_factor=1.0
-                +reward.reward_kwargs.overlong_buffer_cfg.log=True
-                "+reward.reward_kwargs.max_resp_len=$max_resp"
-                +reward.custom_reward_function.reward_kwargs.dapo=True
-            )
-            ;;
-        *)
-            echo "unknown method '$method': expected grpo, drgrpo or dapo, optionally with +agrae" >&2
-            return 2
-            ;;
-    esac
+    # The semantics (Dr.GRPO without std normalisation, full DAPO, DAPO + A-GRAE's success threshold) live in
+    # the packaged config of the same name, verl_agrae/trainer/config/{grpo,drgrpo,dapo}[_agrae].yaml.
+    local method=$1 alpha=$2
+    AGRAE_CONFIG=${method/+/_}
     if [[ "$method" == *+agrae ]]; then
-        AGRAE_OVERRIDES+=(algorithm.adv_estimator=agrae "algorithm.agrae.alpha=$alpha")
-        if [[ "$base" == dapo ]]; then
-            # DAPO scores are +1/-1: the success rate must come from a threshold, not the raw score.
-            AGRAE_OVERRIDES+=(algorithm.agrae.success_threshold=0.0)
-        fi
-    else
-        AGRAE_OVERRIDES+=(algorithm.adv_estimator=grpo)
+        AGRAE_OVERRIDES+=("algorithm.agrae.alpha=$alpha")
     fi
 }
 
-# Run, submit or print. Args: experiment name, extra overrides from the command line.
 agrae_example_launch() {
     local exp=${EXP:-$1}
     shift
     local -a cmd
     case ${LAUNCHER:-local} in
         local)
-            cmd=(verl-agrae train --config-name agrae "${AGRAE_OVERRIDES[@]}"
+            cmd=(verl-agrae train --config-name "$AGRAE_CONFIG" "${AGRAE_OVERRIDES[@]}"
                 "trainer.nnodes=$NNODES" "trainer.n_gpus_per_node=$GPUS_PER_NODE"
                 "trainer.experiment_name=$exp" "$@")
             ;;
@@ -138,7 +84,7 @@ agrae_example_launch() {
             read -r -a sbatch_args <<<"${SBATCH_ARGS:-}"
             # train.sbatch adds trainer.nnodes / n_gpus_per_node from the allocation and run.dir per job name.
             cmd=(sbatch "--nodes=$NNODES" "--gpus-per-node=$GPUS_PER_NODE" "--job-name=$exp" "${sbatch_args[@]}"
-                "$AGRAE_REPO/slurm/train.sbatch" agrae "${AGRAE_OVERRIDES[@]}" "trainer.experiment_name=$exp" "$@")
+                "$AGRAE_REPO/slurm/train.sbatch" "$AGRAE_CONFIG" "${AGRAE_OVERRIDES[@]}" "trainer.experiment_name=$exp" "$@")
             ;;
         *)
             echo "LAUNCHER must be local or slurm, got '${LAUNCHER}'" >&2
@@ -151,7 +97,7 @@ agrae_example_launch() {
         printf '\n'
         [[ "$DRY_RUN" == command ]] && return 0
         # Compose what verl-agrae train would (with the trainer.* keys the SLURM job adds).
-        "${PYTHON:-python}" "$AGRAE_REPO/examples/compose_config.py" --config-name agrae -- \
+        "${PYTHON:-python}" "$AGRAE_REPO/examples/compose_config.py" --config-name "$AGRAE_CONFIG" -- \
             "${AGRAE_OVERRIDES[@]}" "trainer.nnodes=$NNODES" "trainer.n_gpus_per_node=$GPUS_PER_NODE" \
             "trainer.experiment_name=$exp" "$@"
         return

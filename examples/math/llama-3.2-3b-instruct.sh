@@ -14,5 +14,5 @@ agrae_require_method "$0" "$method"
 shift
 MODEL=${MODEL:-meta-llama/Llama-3.2-3B-Instruct}
 agrae_paper_overrides "$MODEL" 1 "$DATA_DIR/math/train.parquet" "$DATA_DIR/math500/test.parquet"
-agrae_method_overrides "$method" 1.0 3072
+agrae_method_overrides "$method" 1.0
 agrae_example_launch "llama-3.2-3b-instruct_${method/+/_}" "$@"

@@ -17,5 +17,5 @@ agrae_require_method "$0" "$method"
 shift
 MODEL=${MODEL:-Qwen/Qwen2.5-Math-7B}
 agrae_paper_overrides "$MODEL" 2 "$DATA_DIR/math/train.parquet" "$DATA_DIR/math500/test.parquet"
-agrae_method_overrides "$method" 1.0 3072
+agrae_method_overrides "$method" 1.0
 agrae_example_launch "qwen2.5-math-7b_${method/+/_}" "$@"

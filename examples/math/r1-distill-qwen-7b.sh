@@ -18,5 +18,5 @@ agrae_require_method "$0" "$method"
 shift
 MODEL=${MODEL:-deepseek-ai/DeepSeek-R1-Distill-Qwen-7B}
 agrae_paper_overrides "$MODEL" 2 "$DATA_DIR/math/train.parquet" "$DATA_DIR/math500/test.parquet"
-agrae_method_overrides "$method" 1.0 3072
+agrae_method_overrides "$method" 1.0
 agrae_example_launch "r1-distill-qwen-7b_${method/+/_}" "$@"

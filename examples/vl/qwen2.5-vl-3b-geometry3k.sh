@@ -21,5 +21,5 @@ MODEL=${MODEL:-Qwen/Qwen2.5-VL-3B-Instruct}
 agrae_paper_overrides "$MODEL" 1 "$DATA_DIR/geometry3k/train.parquet" "$DATA_DIR/geometry3k/test.parquet" \
     512 2048 2048 128
 AGRAE_OVERRIDES+=(data.image_key=images)
-agrae_method_overrides "$method" 0.5 2048
+agrae_method_overrides "$method" 0.5
 agrae_example_launch "qwen2.5-vl-3b-geometry3k_${method/+/_}" "$@"
