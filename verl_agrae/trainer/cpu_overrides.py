@@ -167,12 +167,19 @@ def apply_cpu_settings(
             f"actor_rollout_ref.rollout.name={rollout_name!r} needs a GPU; use actor_rollout_ref.rollout.name=hf"
         )
     default("actor_rollout_ref.rollout.tensor_model_parallel_size", 1)
-    # fp32 everywhere: bf16 is emulated (slow) on most CPUs, and rollout and actor log-probs then agree.
+    # fp32 compute everywhere. verl's FSDP engine computes in `fsdp_config.mixed_precision.param_dtype`, bf16
+    # when unset (transformer_impl.py, FSDPEngine._build_fsdp_module; `fsdp_config.dtype` is not read there).
+    # CPUs without AVX512-BF16/AMX run bf16 matmuls in PyTorch's scalar fallback, which made the demo's actor
+    # update ~40x slower than fp32; bf16 would also put the actor's log-probs ~5e-2 away from fp32 rollouts.
     for node in (
         "actor_rollout_ref.actor.fsdp_config",
         "actor_rollout_ref.ref.fsdp_config",
         "critic.model.fsdp_config",
     ):
+        if OmegaConf.select(config, node, default=None) is None:
+            continue
+        for part in ("param_dtype", "reduce_dtype", "buffer_dtype"):
+            default(f"{node}.mixed_precision.{part}", "fp32")
         if OmegaConf.select(config, f"{node}.dtype", default=None) is not None:
             default(f"{node}.dtype", "float32")
     default("actor_rollout_ref.rollout.dtype", "float32")
