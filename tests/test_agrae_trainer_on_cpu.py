@@ -119,3 +119,22 @@ def test_reference_policy_gets_its_own_pool():
     fused = _T(OmegaConf.create({}))
     fused._init_resource_pool_mgr()
     assert fused.mapping[Role.RefPolicy] == "global_pool"
+
+
+@pytest.mark.parametrize(("ours", "verls"), [("agrae_sync", "sync"), ("agrae_separate_async", "separate_async")])
+def test_our_modes_are_verls_modes_inside_verls_trainer_base(ours, verls):
+    """verl's base branches on `trainer_mode == "sync"` (replay buffer, refill, TransferQueue checkpoints) and
+    reads `trainer.v1.<mode>`; under our names it must see verl's, or `agrae_sync` would run as an async mode."""
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+
+    from verl_agrae.agrae_trainer import AgraeSeparateAsyncTrainer, AgraeSyncTrainer
+    from verl_agrae.trainer.main import compose_config
+
+    config = compose_config("grpo_agrae", [f"trainer.v1.trainer_mode={ours}"])
+    cls = AgraeSyncTrainer if verls == "sync" else AgraeSeparateAsyncTrainer
+    trainer = cls.__new__(cls)  # verl's __init__ starts Ray workers; only the mode logic is under test
+    trainer.config = config
+    trainer.trainer_mode = config.trainer.v1.trainer_mode  # what verl's base does with the config value
+    assert trainer.trainer_mode == verls
+    buffer = trainer._build_replay_buffer()
+    assert type(buffer) is (ReplayBuffer if verls == "sync" else ReplayBufferAsync)

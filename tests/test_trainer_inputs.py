@@ -52,6 +52,17 @@ def test_invalid_agrae_option(capsys, tiny_model_dir, data_dir, tmp_path):
     assert code == 2 and "algorithm.agrae" in err and "alpha" in err
 
 
+def test_dapo_overlong_buffer_longer_than_the_response_limit(capsys, tiny_model_dir, data_dir, tmp_path):
+    argv = _args(tiny_model_dir, data_dir, tmp_path / "r", "trainer.device=cpu", "data.max_response_length=128")
+    argv[1] = "dapo"  # its overlong buffer is 512 tokens
+    code, err = _run(capsys, argv)
+    assert code == 2
+    assert "reward.reward_kwargs.overlong_buffer_cfg.len=512" in err and "data.max_response_length=128" in err
+    argv.append("reward.reward_kwargs.overlong_buffer_cfg.len=-1")
+    code, err = _run(capsys, argv)
+    assert code == 2 and "overlong_buffer_cfg.len=-1 must be > 0" in err
+
+
 def test_missing_data_file(capsys, tiny_model_dir, data_dir, tmp_path):
     argv = _args(tiny_model_dir, data_dir, tmp_path / "r", f"data.train_files={tmp_path / 'nope.parquet'}")
     code, err = _run(capsys, argv)

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1 import trainer_separate_async as _separate_async
 from verl.trainer.ppo.v1.replay_buffer import DAPO_FILTERED_REWARD_COUNTS_KEY
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
@@ -36,7 +37,7 @@ from verl_agrae.config import AgraeConfig
 from verl_agrae.diagnostics import PREFIX, diagnostics_from_result
 from verl_agrae.register import ESTIMATOR_NAME, groups_outside_batch, last_result
 
-__all__ = ["AgraeTrainerMixin", "AgraeSyncTrainer", "AgraeSeparateAsyncTrainer", "dropped_group_success"]
+__all__ = ["VERL_MODE", "AgraeTrainerMixin", "AgraeSyncTrainer", "AgraeSeparateAsyncTrainer", "dropped_group_success"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,26 @@ def dropped_group_success(dropped: Mapping[Any, int] | None, success_threshold: 
     return out
 
 
+#: Our trainer modes and the verl modes they extend.
+VERL_MODE = {"agrae_sync": "sync", "agrae_separate_async": "separate_async"}
+
+
 class AgraeTrainerMixin:
     """Adds A-GRAE metrics, pre-filter ``mu`` and an optional reference pool to a verl V1 trainer."""
 
     config: Any
+
+    # verl's trainer base copies `trainer.v1.trainer_mode` into `self.trainer_mode`, then branches on
+    # `== "sync"` (replay buffer class, dataloader refill, TransferQueue checkpointing) and reads its settings
+    # from `trainer.v1.<mode>`. Under our mode names it would treat `agrae_sync` as an async mode and ignore
+    # `trainer.v1.sync`; mapping the name on assignment makes each of our modes exactly the verl mode it extends.
+    @property
+    def trainer_mode(self) -> str:
+        return self._verl_trainer_mode
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        self._verl_trainer_mode = VERL_MODE.get(value, value)
 
     def _compute_advantage(self, batch, metrics: dict):
         if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
@@ -111,6 +128,20 @@ class AgraeTrainerMixin:
 @register_trainer("agrae_sync")
 class AgraeSyncTrainer(AgraeTrainerMixin, PPOTrainerSync):
     """verl's ``sync`` trainer with A-GRAE metrics and pre-filter ``mu``."""
+
+
+class _LoggerWithoutFlush(logging.LoggerAdapter):
+    """Drops ``print``'s ``flush=`` keyword, which ``logging`` rejects with a TypeError."""
+
+    def log(self, level, msg, *args, flush=None, **kwargs):
+        super().log(level, msg, *args, **kwargs)
+
+
+# verl 0.9.1's PPOTrainerSeparateAsync._setup logs `logger.info(..., flush=True)` when
+# actor_rollout_ref.hybrid_engine=False, which kills every separate_async run without hybrid replicas
+# (the layout with rollout and training on disjoint pools).
+if not isinstance(_separate_async.logger, logging.LoggerAdapter):
+    _separate_async.logger = _LoggerWithoutFlush(_separate_async.logger, {})
 
 
 @register_trainer("agrae_separate_async")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import logging
 import os
 from collections.abc import Iterable
@@ -118,6 +119,10 @@ class HFRolloutServer:
         self._resume_event = asyncio.Event()
         self._resume_event.set()
         self._weights_received: set[str] = set()
+        # rollout.full_determinism: unseeded sampled requests get a seed from their content (_content_seed).
+        self._deterministic = bool(getattr(self.config, "full_determinism", False))
+        self._base_seed = int(getattr(self.config, "seed", 0) or 0)
+        self._draws: dict[bytes, int] = {}
         self._params: dict[str, torch.Tensor] | None = None
         self._profiler = None
         self._http_port: int | None = None
@@ -251,7 +256,23 @@ class HFRolloutServer:
         max_tokens = max(1, min(options.max_tokens, room))
         if max_tokens != options.max_tokens:
             options = _replace(options, max_tokens=max_tokens)
+        if self._deterministic and options.seed is None and not options.greedy:
+            options = _replace(options, seed=self._content_seed(prompt_ids))
         return GenerationRequest(prompt_ids=prompt_ids, options=options)
+
+    def _content_seed(self, prompt_ids: list[int]) -> int:
+        """Seed of an unseeded sampled request under ``rollout.full_determinism``.
+
+        verl's agent loop sends each prompt ``rollout.n`` times with the same sampling parameters and no seed.
+        The k-th request (k = 0, 1, ...) for a given prompt is seeded from ``(rollout.seed, prompt, k)``, so the
+        multiset of samples for a prompt does not depend on arrival order, batching, the replica that serves
+        it or the process layout. Seeded requests sample independently of their batch (see ``HFGenerator``).
+        """
+        key = hashlib.sha256(b",".join(str(t).encode() for t in prompt_ids)).digest()
+        k = self._draws.get(key, 0)
+        self._draws[key] = k + 1
+        digest = hashlib.sha256(f"{self._base_seed}:{key.hex()}:{k}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
     async def _wait_for_gate(self) -> bool:
         """Park while generation is paused; False when the request must be rejected instead."""

@@ -10,7 +10,8 @@ estimator, this module wraps the estimator verl will call, in the TaskRunner onl
 
 It is imported in every verl process through ``VERL_USE_EXTERNAL_MODULES`` and does nothing unless
 ``VERL_AGRAE_RECORD_DIR`` is set. Each call writes ``call-00001.pt`` ... (``torch.save`` of a dict with
-``token_level_rewards``, ``response_mask``, ``index``, ``advantages``, ``estimator``, ``options``)
+``token_level_rewards``, ``response_mask``, ``index``, ``advantages``, ``estimator``, ``options``, and for
+``agrae`` the ``mu`` it used and the batch's own ``mu_batch``)
 atomically; the trainer entry point maps call ``k`` of an attempt to training step ``start + k - 1``.
 This is the demo's stand-in for the per-step diagnostics hook of our trainer subclass (issue 5).
 """
@@ -55,6 +56,16 @@ def _options(config: Any) -> dict[str, Any]:
     return out
 
 
+def _agrae_state(name: str) -> dict[str, float]:
+    """mu as the estimator used it (over every generated group) and over the batch alone (``agrae`` only)."""
+    if name != "agrae":
+        return {}
+    from verl_agrae.register import last_result
+
+    result = last_result()
+    return {} if result is None else {"mu": float(result.mu), "mu_batch": float(result.mu_batch)}
+
+
 def _write(record_dir: Path, record: dict[str, Any]) -> None:
     record_dir.mkdir(parents=True, exist_ok=True)
     k = next(_counter)
@@ -80,6 +91,7 @@ def _recording(fn: Callable[..., Any], name: str, record_dir: Path) -> Callable[
                     "advantages": out[0].detach().cpu().clone(),
                     "options": _options(kwargs.get("config"))
                     or {"norm_adv_by_std_in_grpo": kwargs.get("norm_adv_by_std_in_grpo")},
+                    **_agrae_state(name),
                 },
             )
         except Exception:  # recording must never break training

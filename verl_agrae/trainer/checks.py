@@ -19,6 +19,7 @@ __all__ = [
     "check_estimator",
     "check_memory",
     "check_model_path",
+    "check_overlong_buffer",
     "check_prompt_lengths",
 ]
 
@@ -123,6 +124,25 @@ def check_estimator(config: DictConfig) -> None:
         problem = reward_scheme_problem(config)
         if problem:
             raise PreflightError(problem)
+
+
+def check_overlong_buffer(config: DictConfig) -> None:
+    """DAPO's overlong buffer must be shorter than ``data.max_response_length``.
+
+    verl's ``dapo`` reward manager penalises a response by ``(length - (max_len - buffer)) / buffer``; with a
+    buffer as long as the response limit (e.g. the 512-token buffer of our ``dapo`` config on a 128-token test
+    run) every response, even a one-token one, is penalised, silently.
+    """
+    node = "reward.reward_kwargs.overlong_buffer_cfg"
+    if not OmegaConf.select(config, f"{node}.enable", default=False):
+        return
+    buffer = int(OmegaConf.select(config, f"{node}.len", default=0) or 0)
+    limit = int(OmegaConf.select(config, "data.max_response_length", default=0) or 0)
+    if buffer <= 0 or buffer >= limit:
+        raise PreflightError(
+            f"{node}.len={buffer} must be > 0 and < data.max_response_length={limit} (DAPO's overlong shaping "
+            "penalises the last `len` tokens before the limit)"
+        )
 
 
 def _model_bytes(model_path: str) -> int:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import psutil
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from verl_agrae.platform import CPU_PLATFORM_ENV
@@ -111,6 +112,9 @@ def cpu_worker_env(extra_modules: Iterable[str] = ()) -> dict[str, str]:
         # machine, so each may use every core.
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(cores)),
         "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false"),
+        # TransferQueue asks torch for 8 threads when it packs tensors and warns on every call (hundreds of
+        # lines per run) when the machine has fewer physical cores; ask for what is there.
+        "TQ_NUM_THREADS": os.environ.get("TQ_NUM_THREADS", str(psutil.cpu_count(logical=False) or cores)),
     }
 
 
@@ -197,6 +201,20 @@ def apply_cpu_settings(
     default("transfer_queue.backend.SimpleStorage.num_data_storage_units", 2)
 
     gpus = logical_gpus or int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
+    mode = str(OmegaConf.select(config, "trainer.v1.trainer_mode", default="") or "")
+    if mode.endswith("separate_async"):
+        # Rollout on its own pool: weights travel through a checkpoint engine, and every engine verl ships
+        # needs GPUs or RDMA; ours sends them over a gloo group (verl_agrae/platform/checkpoint_engine.py).
+        default("actor_rollout_ref.rollout.checkpoint_engine.backend", "gloo")
+        default(
+            "actor_rollout_ref.rollout.checkpoint_engine.custom_backend_module", "verl_agrae.platform.checkpoint_engine"
+        )
+        default("actor_rollout_ref.rollout.nnodes", 1)
+        default("actor_rollout_ref.rollout.n_gpus_per_node", 1)
+    if not logical_gpus:  # a standalone rollout pool and a reference pool need logical GPUs of their own
+        for pool in ("ref_pool", *(["actor_rollout_ref.rollout"] if mode.endswith("separate_async") else [])):
+            nnodes = int(OmegaConf.select(config, f"{pool}.nnodes", default=0) or 0)
+            gpus += nnodes * int(OmegaConf.select(config, f"{pool}.n_gpus_per_node", default=0) or 0)
     default("ray_kwargs.ray_init.num_cpus", logical_cpus or DEFAULT_LOGICAL_CPUS)
     default("ray_kwargs.ray_init.num_gpus", gpus)
     return changed

@@ -115,10 +115,15 @@ def _resolve_data(config: DictConfig, run_cfg: DictConfig, data_dir: Path) -> No
 
     train, val = data_dir / "train.parquet", data_dir / "val.parquet"
     if not (train.is_file() and val.is_file()):
-        kwargs = {"suffix": spec.suffix} if "suffix" in spec else {}
-        write_arithmetic_dataset(
-            data_dir, n_train=int(spec.n_train), n_val=int(spec.n_val), seed=int(spec.seed), **kwargs
-        )
+        # Every other key (suffix, ops, max_operand, max_factor, allow_negative) goes to the generator, which
+        # names an unknown one in its TypeError.
+        kwargs = {k: v for k, v in OmegaConf.to_container(spec).items() if k not in ("n_train", "n_val", "seed")}
+        try:
+            write_arithmetic_dataset(
+                data_dir, n_train=int(spec.n_train), n_val=int(spec.n_val), seed=int(spec.seed), **kwargs
+            )
+        except (TypeError, ValueError) as e:
+            raise TrainingSetupError(f"run.arithmetic_data: {e}") from e
     _set(config, "data.train_files", str(train))
     _set(config, "data.val_files", str(val))
 
@@ -167,6 +172,7 @@ def prepare(config: DictConfig, overrides: list[str]) -> tuple[DictConfig, DictC
         checks.check_model_path(str(config.actor_rollout_ref.model.path))
         checks.check_data_files(config)
         checks.check_estimator(config)
+        checks.check_overlong_buffer(config)
     except checks.PreflightError as e:
         raise TrainingSetupError(str(e)) from e
 
@@ -427,8 +433,13 @@ def _main(argv: list[str] | None) -> int:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         code = 130
     except Exception as e:
+        from verl_agrae.trainer.failures import failed_role
+
+        role = failed_role(e)
+        # Ray's text for a dead actor runs to pages; the role line comes first so it is what people read.
+        headline = f"error: the {role} died" if role else "error: training failed"
         print(
-            f"error: training failed: {type(e).__name__}: {e}\n"
+            f"{headline}: {type(e).__name__}: {e}\n{headline}.\n"
             f"Checkpoints up to step {run_dir.latest_checkpoint_step()} are in {run_dir.checkpoints}; "
             "rerun the same command to resume from there.",
             file=sys.stderr,

@@ -1,0 +1,108 @@
+"""A Ray actor dying under verl's TaskRunner: the driver's error names the verl role.
+
+The actors below carry the class and method names of verl's processes and really die (``os._exit``) while
+a TaskRunner-like actor waits on them, so the exceptions are the ones Ray raises in a real run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="test_trainer_failures")
+    yield
+    ray.shutdown()
+
+
+def _driver_error(target_cls: str, method: str) -> BaseException:
+    # Defined here, not at module level, so cloudpickle ships them by value (workers cannot import this file).
+    class HFRolloutServer:
+        def generate(self):
+            os._exit(1)
+
+    class WorkerDict:
+        def actor_rollout_ref_update_actor(self):
+            os._exit(1)
+
+        def ref_compute_ref_log_prob(self):
+            os._exit(1)
+
+    class WorkerGroup:  # verl's RayWorkerGroup: a blocking method per role method
+        def __init__(self, handle, prefix):
+            self.handle, self.prefix = handle, prefix
+
+        def __getattr__(self, name):
+            return lambda: ray.get(getattr(self.handle, self.prefix + name).remote())
+
+    targets = {"HFRolloutServer": HFRolloutServer, "WorkerDict": WorkerDict}
+
+    class TaskRunnerV1:
+        def run(self):
+            handle = ray.remote(max_restarts=0)(targets[target_cls]).remote()
+            if target_cls == "HFRolloutServer":
+                return ray.get(handle.generate.remote())
+            # The attribute names and calls of verl's trainer (trainer_base.py).
+            self.actor_rollout_wg = WorkerGroup(handle, "actor_rollout_ref_")
+            self.ref_policy_wg = WorkerGroup(handle, "ref_")
+            if method == "update_actor":
+                return self.actor_rollout_wg.update_actor()
+            return self.ref_policy_wg.compute_ref_log_prob()
+
+    runner = ray.remote(TaskRunnerV1).remote()
+    with pytest.raises(Exception) as info:
+        ray.get(runner.run.remote(), timeout=120)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("target_cls", "method", "expected"),
+    [
+        ("HFRolloutServer", "generate", "rollout server (`hf` backend) [HFRolloutServer]"),
+        (
+            "WorkerDict",
+            "update_actor",
+            "actor/rollout/reference worker (FSDP) [WorkerDict, in actor_rollout_wg.update_actor]",
+        ),
+        (
+            "WorkerDict",
+            "compute_ref_log_prob",
+            "reference policy worker (FSDP) [WorkerDict, in ref_policy_wg.compute_ref_log_prob]",
+        ),
+    ],
+)
+def test_dead_actor_under_the_task_runner_is_named_by_role(ray_session, target_cls, method, expected):
+    from verl_agrae.trainer.failures import failed_role
+
+    assert failed_role(_driver_error(target_cls, method)) == expected
+
+
+def test_a_dead_task_runner_is_named(ray_session):
+    from verl_agrae.trainer.failures import failed_role
+
+    @ray.remote(max_restarts=0)
+    class TaskRunnerV1:
+        def run(self):
+            os._exit(1)
+
+    with pytest.raises(Exception) as info:
+        ray.get(TaskRunnerV1.remote().run.remote(), timeout=120)
+    assert failed_role(info.value) == "task runner (verl's driver actor) [TaskRunnerV1]"
+
+
+def test_ordinary_errors_have_no_role(ray_session):
+    from verl_agrae.trainer.failures import failed_role
+
+    @ray.remote
+    def boom():
+        raise ValueError("data.max_prompt_length too small")
+
+    with pytest.raises(Exception) as info:
+        ray.get(boom.remote())
+    assert failed_role(info.value) is None
+    assert failed_role(KeyError("x")) is None
