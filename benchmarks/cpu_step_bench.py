@@ -37,47 +37,30 @@ VERL_PHASES = {
 }
 
 
-def parity_reward(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
-    """Deterministic mixed reward for a random model: even response length."""
-    ok = len(solution_str) % 2 == 0
-    return {"score": float(ok), "acc": ok}
-
-
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
 def run_verl(model: Path, data: Path, work: Path, args: argparse.Namespace, tag: str, extra: list[str]) -> dict:
+    from verl_agrae.testing.tiny_run import tiny_run_argv
     from verl_agrae.trainer.main import main
 
     run_dir = work / f"verl_{tag}"
-    argv = [
-        "--config-name",
+    argv = tiny_run_argv(
         "cpu",
-        f"actor_rollout_ref.model.path={model}",
-        f"data.train_files={data / 'train.parquet'}",
-        f"data.val_files={data / 'val.parquet'}",
-        f"run.dir={run_dir}",
-        f"reward.custom_reward_function.path={Path(__file__).resolve()}",
-        "reward.custom_reward_function.name=parity_reward",
-        f"data.train_batch_size={args.prompts}",
-        f"data.max_response_length={args.response_length}",
+        model,
+        data,
+        run_dir,
         "data.max_prompt_length=192",
-        f"actor_rollout_ref.rollout.n={args.n}",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={args.prompts}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={args.prompts * args.n}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={args.prompts * args.n}",
-        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={args.prompts * args.n}",
         "actor_rollout_ref.actor.use_kl_loss=True",
         "actor_rollout_ref.actor.optim.lr=1e-5",
-        f"trainer.total_training_steps={args.steps}",
-        "trainer.val_before_train=False",
-        "trainer.test_freq=-1",
-        "trainer.save_freq=-1",
-        "trainer.logger=[console,file]",
         "run.plots=false",
         *extra,
-    ]
+        steps=args.steps,
+        prompts=args.prompts,
+        n=args.n,
+        response_length=args.response_length,
+    )
     started = time.monotonic()
     code = main(argv)
     wall = time.monotonic() - started
@@ -102,6 +85,8 @@ def run_trl(model: Path, data: Path, work: Path, args: argparse.Namespace) -> di
     tokenizer = AutoTokenizer.from_pretrained(model)
     tokenizer.padding_side = "left"
     policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, attn_implementation="sdpa")
+
+    from verl_agrae.testing.rewards import parity_reward
 
     def reward(completions, **kwargs):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]

@@ -138,3 +138,19 @@ def test_our_modes_are_verls_modes_inside_verls_trainer_base(ours, verls):
     assert trainer.trainer_mode == verls
     buffer = trainer._build_replay_buffer()
     assert type(buffer) is (ReplayBuffer if verls == "sync" else ReplayBufferAsync)
+
+
+def test_poll_interval_reaches_verls_replay_buffer():
+    from verl_agrae.agrae_trainer import AgraeSyncTrainer
+    from verl_agrae.trainer.main import compose_config
+
+    def buffer_of(config):
+        trainer = AgraeSyncTrainer.__new__(AgraeSyncTrainer)
+        trainer.config = config
+        trainer.trainer_mode = config.trainer.v1.trainer_mode
+        return trainer._build_replay_buffer()
+
+    assert buffer_of(compose_config("cpu", [])).poll_interval == pytest.approx(0.2)
+    assert buffer_of(compose_config("grpo_agrae", [])).poll_interval == pytest.approx(2.0)  # verl's default
+    with pytest.raises(ValueError, match="poll_interval must be > 0"):
+        buffer_of(compose_config("cpu", ["trainer.v1.sampler.poll_interval=0"]))

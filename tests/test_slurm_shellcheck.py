@@ -1,4 +1,4 @@
-"""Every shell script of slurm/, examples/ and the test stubs is shellcheck-clean (all severities)."""
+"""Every shell script of slurm/, examples/, scripts/ and the test stubs is shellcheck-clean (all severities)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _shell_scripts() -> list[Path]:
     files = [*ROOT.glob("slurm/**/*.sh"), *ROOT.glob("slurm/*.sbatch"), *ROOT.glob("examples/**/*.sh")]
+    files += [*ROOT.glob("scripts/*.sh")]
     files += [p for p in (ROOT / "tests" / "stubs").iterdir() if p.is_file()]
     return sorted(set(files))
 

@@ -2,8 +2,9 @@
 agent loop, reward workers, validation, checkpoints) on the CPU with A-GRAE, through our entry point.
 
 Each run starts and stops its own Ray session, as a user's run does (a session shared between runs keeps
-the first run's placement groups). The reward is a deterministic function of the response text defined
-below, so groups of the random tiny model mix successes and failures and A-GRAE's terms are exercised.
+the first run's placement groups). The reward is a deterministic function of the response text
+(`verl_agrae.testing.rewards.parity_reward`), so groups of the random tiny model mix successes and failures
+and A-GRAE's terms are exercised.
 """
 
 from __future__ import annotations
@@ -14,16 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-THIS_FILE = str(Path(__file__).resolve())
-
-
-def parity_reward(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
-    """1 when the response has an even number of characters (a mixed, deterministic test reward)."""
-    ok = len(solution_str) % 2 == 0
-    return {"score": float(ok), "acc": ok}
-
-
-# ---------------------------------------------------------------------------------------------------------
+from verl_agrae.testing.tiny_run import tiny_run_argv
 
 
 @pytest.fixture(scope="module")
@@ -36,33 +28,18 @@ def data_dir(tmp_path_factory):
 
 
 def _overrides(model: Path, data: Path, run_dir: Path, steps: int, *extra: str) -> list[str]:
-    return [
-        "--config-name",
+    return tiny_run_argv(
         "cpu",
-        f"actor_rollout_ref.model.path={model}",
-        f"data.train_files={data / 'train.parquet'}",
-        f"data.val_files={data / 'val.parquet'}",
-        f"run.dir={run_dir}",
-        f"reward.custom_reward_function.path={THIS_FILE}",
-        "reward.custom_reward_function.name=parity_reward",
-        "data.train_batch_size=2",
-        "data.val_batch_size=8",
-        "data.max_prompt_length=160",
-        "data.max_response_length=12",
-        "actor_rollout_ref.rollout.n=4",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
-        "actor_rollout_ref.actor.optim.lr=1e-3",
+        model,
+        data,
+        run_dir,
         "actor_rollout_ref.actor.use_kl_loss=True",
-        f"trainer.total_training_steps={steps}",
         "trainer.save_freq=2",
         "trainer.test_freq=2",
         "trainer.val_before_train=True",
-        "trainer.logger=[console,file]",
         *extra,
-    ]
+        steps=steps,
+    )
 
 
 def _rows(run_dir: Path) -> dict[int, dict]:

@@ -127,25 +127,30 @@ def _generated_groups(log_path: Path) -> list[list[bool]]:
     return list(groups.values())
 
 
-def test_dapo_trains_with_dynamic_sampling(tiny_model_dir, data_dir, tmp_path):
-    run_dir = tmp_path / "dapo"
+def _dapo_run(config_name: str, model, data, tmp_path: Path) -> tuple[dict, dict, list[list[bool]]]:
+    """One step of a DAPO config with all-solved groups guaranteed; returns (metrics rows, record, groups)."""
+    run_dir = tmp_path / config_name
     log = tmp_path / "rewards.jsonl"
     rows = _run(
-        "dapo",
-        tiny_model_dir,
-        data_dir,
+        config_name,
+        model,
+        data,
         run_dir,
         "reward.reward_kwargs.overlong_buffer_cfg.len=4",
         f"+reward.custom_reward_function.reward_kwargs.log_path={log}",
         reward="even_answer_or_parity_reward",
     )
     (rec,) = _records(run_dir)
+    return rows, rec, _generated_groups(log)
+
+
+def test_dapo_trains_with_dynamic_sampling(tiny_model_dir, data_dir, tmp_path):
+    rows, rec, generated = _dapo_run("dapo", tiny_model_dir, data_dir, tmp_path)
     scores, _, groups = _groups(rec)
     # Every group that reached the update mixes successes and failures: the uniform ones were filtered.
     for g in groups:
         acc = scores[g] > 0
         assert acc.any() and not acc.all()
-    generated = _generated_groups(log)
     uniform = [g for g in generated if all(g) or not any(g)]
     assert uniform, "no all-solved group was generated; the reward should make even answers all-solved"
     evicted = sum(v for k, v in rows[1].items() if k.endswith("filter_groups/evicted_samples"))
@@ -154,21 +159,9 @@ def test_dapo_trains_with_dynamic_sampling(tiny_model_dir, data_dir, tmp_path):
 
 
 def test_dapo_agrae_mu_counts_the_groups_dynamic_sampling_dropped(tiny_model_dir, data_dir, tmp_path):
-    run_dir = tmp_path / "dapo_agrae"
-    log = tmp_path / "rewards.jsonl"
-    rows = _run(
-        "dapo_agrae",
-        tiny_model_dir,
-        data_dir,
-        run_dir,
-        "reward.reward_kwargs.overlong_buffer_cfg.len=4",
-        f"+reward.custom_reward_function.reward_kwargs.log_path={log}",
-        reward="even_answer_or_parity_reward",
-    )
-    (rec,) = _records(run_dir)
+    rows, rec, generated = _dapo_run("dapo_agrae", tiny_model_dir, data_dir, tmp_path)
     scores, _, groups = _groups(rec)
     kept = [float((scores[g] > 0).float().mean()) for g in groups]  # success = score > threshold 0
-    generated = _generated_groups(log)
     dropped = [float(all(g)) for g in generated if all(g) or not any(g)]
     assert any(dropped), "no all-solved group was dropped"
     # mu over every generated group that had a say: the kept ones and the dropped uniform ones. Surplus

@@ -15,6 +15,7 @@ and ``separate_async`` trainers, plus:
   threshold is set) and hands them to the estimator, which then uses the mean over all generated groups.
   Both values are logged: ``agrae/mu`` (used) and ``agrae/mu_batch`` (post-filter). Surplus mixed groups
   that the buffer generated beyond the batch and discarded are not counted: their rewards are never read.
+- **Replay-buffer poll interval** ``trainer.v1.sampler.poll_interval`` (verl: fixed 2 s; ``cpu.yaml``: 0.2 s).
 - **Reference policy on its own pool** (``ref_pool.nnodes`` and ``ref_pool.n_gpus_per_node`` > 0, with
   ``actor_rollout_ref.hybrid_engine=False`` so the reference runs as its own worker group): verl puts it on
   the training pool; this maps ``Role.RefPolicy`` to a separate ``ref_pool``.
@@ -91,6 +92,18 @@ class AgraeTrainerMixin:
     @trainer_mode.setter
     def trainer_mode(self, value: str) -> None:
         self._verl_trainer_mode = VERL_MODE.get(value, value)
+
+    def _build_replay_buffer(self):
+        buffer = super()._build_replay_buffer()
+        # verl's buffer checks for finished rollouts every 2 s (fixed in its constructor), so every sync step
+        # waits ~1 s after generation ends, on average: a fifth of a tiny CPU step. `poll_interval` lets a
+        # config shorten it (cpu.yaml does).
+        interval = self.config.trainer.v1.sampler.get("poll_interval", None)
+        if interval is not None:
+            if float(interval) <= 0:
+                raise ValueError(f"trainer.v1.sampler.poll_interval must be > 0, got {interval}")
+            buffer.poll_interval = float(interval)
+        return buffer
 
     def _compute_advantage(self, batch, metrics: dict):
         if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:

@@ -14,7 +14,14 @@ from typing import Any
 __all__ = ["even_answer_or_parity_reward", "parity_reward"]
 
 
-def _result(ok: bool, dapo: bool, log_path: str | None, extra_info: dict | None, ground_truth: str) -> dict:
+def _result(
+    ok: bool,
+    ground_truth: str,
+    extra_info: dict | None,
+    dapo: bool = False,
+    log_path: str | None = None,
+    **_: Any,
+) -> dict:
     if log_path:
         line = json.dumps({"index": (extra_info or {}).get("index"), "ground_truth": str(ground_truth), "acc": ok})
         # One write per line with O_APPEND: lines from several reward workers do not interleave.
@@ -27,28 +34,12 @@ def _result(ok: bool, dapo: bool, log_path: str | None, extra_info: dict | None,
     return {"score": score, "acc": ok}
 
 
-def parity_reward(
-    data_source: str,
-    solution_str: str,
-    ground_truth: str,
-    extra_info: dict | None = None,
-    dapo: bool = False,
-    log_path: str | None = None,
-    **kwargs: Any,
-) -> dict:
+def parity_reward(data_source: str, solution_str: str, ground_truth: str, extra_info=None, **kwargs: Any) -> dict:
     """Success when the response has an even number of characters: groups mix successes and failures."""
-    return _result(len(solution_str) % 2 == 0, dapo, log_path, extra_info, ground_truth)
+    return _result(len(solution_str) % 2 == 0, ground_truth, extra_info, **kwargs)
 
 
-def even_answer_or_parity_reward(
-    data_source: str,
-    solution_str: str,
-    ground_truth: str,
-    extra_info: dict | None = None,
-    dapo: bool = False,
-    log_path: str | None = None,
-    **kwargs: Any,
-) -> dict:
+def even_answer_or_parity_reward(data_source: str, solution_str: str, ground_truth: str, extra_info=None, **kwargs):
     """Every response to a prompt whose answer is even succeeds (all-solved groups); others by length parity."""
     ok = int(ground_truth) % 2 == 0 or len(solution_str) % 2 == 0
-    return _result(ok, dapo, log_path, extra_info, ground_truth)
+    return _result(ok, ground_truth, extra_info, **kwargs)

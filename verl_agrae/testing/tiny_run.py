@@ -25,11 +25,12 @@ def tiny_run_argv(
     prompts: int = 2,
     n: int = 4,
     response_length: int = 12,
+    device: str = "cpu",
 ) -> list[str]:
     """Arguments for :func:`verl_agrae.trainer.main.main` running ``config_name`` on the CPU.
 
     Args:
-        config_name: a packaged config (``cpu``, ``grpo``, ``dapo_agrae``, ...); ``trainer.device=cpu`` is added.
+        config_name: a packaged config (``cpu``, ``grpo``, ``dapo_agrae``, ...).
         model: tiny model directory (:func:`verl_agrae.testing.tiny_model.build_tiny_model`).
         data: directory with ``train.parquet`` and ``val.parquet`` (verl RL format).
         run_dir: the run directory.
@@ -39,13 +40,14 @@ def tiny_run_argv(
         prompts: prompts per step (``data.train_batch_size``, also the PPO mini-batch).
         n: responses per prompt.
         response_length: ``data.max_response_length``.
+        device: ``trainer.device`` (``cpu``: our CPU platform and `hf` rollout; ``cuda``: verl's GPU path).
     """
     rows = prompts * n
     data = Path(data)
     return [
         "--config-name",
         config_name,
-        "trainer.device=cpu",
+        f"trainer.device={device}",
         f"actor_rollout_ref.model.path={model}",
         f"data.train_files={data / 'train.parquet'}",
         f"data.val_files={data / 'val.parquet'}",

@@ -128,12 +128,16 @@ def _resolve_data(config: DictConfig, run_cfg: DictConfig, data_dir: Path) -> No
     _set(config, "data.val_files", str(val))
 
 
-def prepare(config: DictConfig, overrides: list[str]) -> tuple[DictConfig, DictConfig, dict[str, str]]:
+def prepare(
+    config: DictConfig, overrides: list[str], *, check_local_gpu: bool = True
+) -> tuple[DictConfig, DictConfig, dict[str, str]]:
     """Turn a composed config into what verl runs, checking the input on the way.
 
     Args:
         config: composed config (modified in place).
         overrides: the command-line overrides (explicit user choices are respected).
+        check_local_gpu: refuse a GPU config when this machine has no GPU and would start its own Ray
+            (False for ``--print-config``, which only shows the prepared config).
 
     Returns:
         ``(verl_config, run_config, worker_env)``: the config for verl (without ``run``), our ``run``
@@ -201,7 +205,11 @@ def prepare(config: DictConfig, overrides: list[str]) -> tuple[DictConfig, DictC
     else:
         import torch
 
-        if not torch.cuda.is_available():
+        # A driver joining a running cluster (RAY_ADDRESS, ray_kwargs.ray_init.address) needs no GPU itself.
+        joins_cluster = bool(
+            os.environ.get("RAY_ADDRESS") or OmegaConf.select(config, "ray_kwargs.ray_init.address", default=None)
+        )
+        if check_local_gpu and not joins_cluster and not torch.cuda.is_available():
             raise TrainingSetupError(
                 "no CUDA GPU is visible. To train on the CPU use a cpu_* config (--config-name cpu_demo) "
                 "or add trainer.device=cpu."
@@ -379,7 +387,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: cannot compose config {args.config_name!r}: {e}", file=sys.stderr)
         return 2
     try:
-        config, run_cfg, worker_env = prepare(config, overrides)
+        config, run_cfg, worker_env = prepare(config, overrides, check_local_gpu=not args.print_config)
     except TrainingSetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

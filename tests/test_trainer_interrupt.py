@@ -1,0 +1,84 @@
+"""Ctrl-C stops a training run promptly, leaves no Ray processes behind, and the same command resumes.
+
+The run is a real subprocess of our entry point (as a user starts it); SIGINT is what the terminal sends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from verl_agrae.testing.tiny_run import tiny_run_argv
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from verl_agrae.data.arithmetic import write_arithmetic_dataset
+
+    out = tmp_path_factory.mktemp("arith_interrupt")
+    write_arithmetic_dataset(out, n_train=64, n_val=8, seed=0)
+    return out
+
+
+def _steps(run_dir: Path) -> set[int]:
+    path = run_dir / "attempts" / "attempt-01" / "metrics.jsonl"
+    if not path.is_file():
+        return set()
+    return {json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()}
+
+
+def test_ctrl_c_stops_the_run_and_the_same_command_resumes(tiny_model_dir, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = tiny_run_argv("cpu", tiny_model_dir, data_dir, run_dir, "trainer.save_freq=1", steps=30)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verl_agrae.trainer.main", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: Ctrl-C in a terminal signals the whole foreground group
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not ({1, 2} <= _steps(run_dir)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert {1, 2} <= _steps(run_dir), "no step finished within 10 minutes"
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        os.killpg(proc.pid, signal.SIGINT)
+        started = time.monotonic()
+        output, _ = proc.communicate(timeout=120)
+        stopped_in = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output[-3000:]
+    assert "interrupted; rerun the same command to resume" in output
+    assert stopped_in < 120
+    time.sleep(5)  # Ray's daemons exit asynchronously after shutdown
+    alive = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not alive, f"processes of the interrupted run still alive: {alive}"
+
+    # The same command resumes after the last checkpoint; no step is trained twice.
+    done = max(_steps(run_dir))
+    checkpoints = sorted(int(p.name.split("_")[-1]) for p in (run_dir / "checkpoints").glob("global_step_*"))
+    assert checkpoints and checkpoints[-1] <= done
+    from verl_agrae.trainer.main import main
+
+    resume = tiny_run_argv("cpu", tiny_model_dir, data_dir, run_dir, "trainer.save_freq=1", steps=checkpoints[-1] + 1)
+    assert main(resume) == 0
+    attempt2 = run_dir / "attempts" / "attempt-02"
+    assert json.loads((attempt2 / "attempt.json").read_text())["start_step"] == checkpoints[-1] + 1
+    steps2 = {json.loads(line)["step"] for line in (attempt2 / "metrics.jsonl").read_text().splitlines()}
+    assert min(s for s in steps2 if s > 0) == checkpoints[-1] + 1
