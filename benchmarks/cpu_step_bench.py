@@ -7,6 +7,7 @@ sequence per ``generate`` call, to report batched vs one-at-a-time generation sp
 
     python benchmarks/cpu_step_bench.py                 # defaults: 8 prompts x 4 = 32 responses x 32 tokens
     python benchmarks/cpu_step_bench.py --steps 4 --prompts 8 --n 4 --response-length 64
+    python benchmarks/cpu_step_bench.py --model demo --prompts 4 --n 4   # SmolLM2-135M, compute-bound
 
 Goals (issue 4): our step no slower than TRL's (ratio <= 1); batched generation >= 3x faster.
 """
@@ -155,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--hidden-size", type=int, default=256, help="tiny model width")
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a Hugging Face model directory, or `demo` for the CPU demo's SmolLM2-135M-Instruct, instead of "
+        "the tiny random model (where verl's fixed per-step costs dominate)",
+    )
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-one-at-a-time", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -164,12 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     from verl_agrae.testing.tiny_model import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="cpu_step_bench_"))
-    model = build_tiny_model(work / "model", seed=0, hidden_size=args.hidden_size, num_layers=args.layers)
+    if args.model == "demo":
+        from verl_agrae.trainer.demo_model import ensure_demo_model
+
+        model, described = ensure_demo_model(), "SmolLM2-135M-Instruct (the CPU demo's model)"
+    elif args.model:
+        model, described = Path(args.model), f"model {args.model}"
+    else:
+        model = build_tiny_model(work / "model", seed=0, hidden_size=args.hidden_size, num_layers=args.layers)
+        described = f"tiny model {model} ({args.hidden_size} wide, {args.layers} layers)"
     data = work / "data"
     write_arithmetic_dataset(data, n_train=args.prompts * (args.steps + 1), n_val=4, seed=0)
     print(
-        f"tiny model {model} ({args.hidden_size} wide, {args.layers} layers); {args.prompts} prompts x {args.n} "
-        f"responses x {args.response_length} tokens; {args.steps} steps (first = warm-up); {os.cpu_count()} cores"
+        f"{described}; {args.prompts} prompts x {args.n} responses x {args.response_length} tokens; "
+        f"{args.steps} steps (first = warm-up); {os.cpu_count()} cores"
     )
 
     results = {"verl": run_verl(model, data, work, args, "batched", [])}

@@ -63,6 +63,13 @@ def test_dapo_overlong_buffer_longer_than_the_response_limit(capsys, tiny_model_
     assert code == 2 and "overlong_buffer_cfg.len=-1 must be > 0" in err
 
 
+def test_unknown_arithmetic_data_option(capsys, tiny_model_dir, tmp_path):
+    argv = ["--config-name", "cpu", f"actor_rollout_ref.model.path={tiny_model_dir}", f"run.dir={tmp_path / 'r'}"]
+    argv += ["data.train_files=null", "data.val_files=null"]  # null: the arithmetic task is generated
+    code, err = _run(capsys, [*argv, "+run.arithmetic_data.max_operandd=5"])
+    assert code == 2 and "run.arithmetic_data" in err and "max_operandd" in err
+
+
 def test_missing_data_file(capsys, tiny_model_dir, data_dir, tmp_path):
     argv = _args(tiny_model_dir, data_dir, tmp_path / "r", f"data.train_files={tmp_path / 'nope.parquet'}")
     code, err = _run(capsys, argv)

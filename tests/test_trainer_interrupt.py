@@ -37,6 +37,14 @@ def _steps(run_dir: Path) -> set[int]:
     return {json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()}
 
 
+def _check_merged_metrics(run_dir: Path, last_step: int) -> None:
+    """The run's merged metrics hold every step once: redone steps replace the lost attempt's rows."""
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    trained = [s for s in steps if s > 0]
+    assert len(trained) == len(set(trained)), steps
+    assert set(range(1, last_step + 1)) <= set(trained), steps
+
+
 def test_ctrl_c_stops_the_run_and_the_same_command_resumes(tiny_model_dir, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     argv = tiny_run_argv("cpu", tiny_model_dir, data_dir, run_dir, "trainer.save_freq=1", steps=30)
@@ -82,3 +90,61 @@ def test_ctrl_c_stops_the_run_and_the_same_command_resumes(tiny_model_dir, data_
     assert json.loads((attempt2 / "attempt.json").read_text())["start_step"] == checkpoints[-1] + 1
     steps2 = {json.loads(line)["step"] for line in (attempt2 / "metrics.jsonl").read_text().splitlines()}
     assert min(s for s in steps2 if s > 0) == checkpoints[-1] + 1
+    _check_merged_metrics(run_dir, checkpoints[-1] + 1)
+
+
+def _ray_actor_pids(title: str) -> list[int]:
+    """PIDs of Ray worker processes whose title names the actor class (``ray::HFRolloutServer...``)."""
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if cmd.startswith(f"ray::{title}"):
+            pids.append(p.pid)
+    return pids
+
+
+@pytest.mark.parametrize(
+    ("title", "role"),
+    [
+        ("HFRolloutServer", "rollout server (`hf` backend) [HFRolloutServer]"),
+        ("WorkerDict", "actor/rollout/reference worker (FSDP)"),
+    ],
+)
+def test_a_dying_worker_stops_the_run_naming_its_role_and_resume_loses_nothing(
+    tiny_model_dir, data_dir, tmp_path, title, role
+):
+    run_dir = tmp_path / "run"
+    argv = tiny_run_argv("cpu", tiny_model_dir, data_dir, run_dir, "trainer.save_freq=1", steps=30)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verl_agrae.trainer.main", *argv],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not ({1, 2} <= _steps(run_dir)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+        assert proc.poll() is None and {1, 2} <= _steps(run_dir)
+        mine = {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+        victims = [pid for pid in _ray_actor_pids(title) if pid in mine]
+        assert victims, f"no ray::{title} process under the driver"
+        os.kill(victims[0], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, output[-3000:]
+    assert f"error: the {role}" in output, output[-3000:]
+    assert "rerun the same command to resume" in output
+
+    checkpoints = sorted(int(p.name.split("_")[-1]) for p in (run_dir / "checkpoints").glob("global_step_*"))
+    from verl_agrae.trainer.main import main
+
+    resume = tiny_run_argv("cpu", tiny_model_dir, data_dir, run_dir, "trainer.save_freq=1", steps=checkpoints[-1] + 1)
+    assert main(resume) == 0
+    attempt2 = run_dir / "attempts" / "attempt-02"
+    assert json.loads((attempt2 / "attempt.json").read_text())["start_step"] == checkpoints[-1] + 1
+    _check_merged_metrics(run_dir, checkpoints[-1] + 1)

