@@ -214,8 +214,10 @@ class ActorTablePoller:
             if not ray.is_initialized():
                 continue
             try:
-                actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
-                pgs = {p.placement_group_id: p.name for p in list_placement_groups(detail=True, limit=1000)}
+                # This process's cluster, by its GCS address: other Ray sessions may run on the same machine.
+                address = ray.get_runtime_context().gcs_address
+                actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+                pgs = {p.placement_group_id: p.name for p in list_placement_groups(address=address, limit=1000)}
             except Exception as e:  # the cluster is starting or stopping; keep polling
                 self.errors.append(repr(e))
                 continue
