@@ -204,20 +204,29 @@ class ActorTablePoller:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(30)
+        self._thread.join(60)
 
     def _run(self) -> None:
         import ray
         from ray.util.state import list_actors, list_placement_groups
 
+        url = None
         while not self._stop.wait(self.interval):
-            if not ray.is_initialized():
-                continue
+            if url is None:
+                try:
+                    # This process's cluster (other Ray sessions may run on the machine), resolved once: from
+                    # here on the poller only talks HTTP to the dashboard and never touches the Ray client that
+                    # the run shuts down.
+                    url = "http://" + ray._private.worker.get_dashboard_url() if ray.is_initialized() else None
+                except Exception as e:
+                    self.errors.append(repr(e))
+                if url is None:
+                    continue
             try:
-                # This process's cluster, by its GCS address: other Ray sessions may run on the same machine.
-                address = ray.get_runtime_context().gcs_address
-                actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
-                pgs = {p.placement_group_id: p.name for p in list_placement_groups(address=address, limit=1000)}
+                actors = list_actors(
+                    address=url, filters=[("state", "=", "ALIVE")], detail=True, limit=1000, timeout=10
+                )
+                pgs = {p.placement_group_id: p.name for p in list_placement_groups(address=url, limit=1000, timeout=10)}
             except Exception as e:  # the cluster is starting or stopping; keep polling
                 self.errors.append(repr(e))
                 continue
@@ -281,6 +290,7 @@ def test_separate_pools_are_separate_actors_and_match_the_fused_layout(tiny_mode
     server = servers[0]
     assert rollout_worker["class_name"] == "CheckpointEngineWorker", dump
     roles = [actor, ref, rollout_worker, server]
+    print("separate layout roles:", json.dumps(roles, indent=1))  # shown with pytest -s
     assert len({r["actor_id"] for r in roles}) == 4, dump
     assert len({r["pid"] for r in roles}) == 4, dump  # four processes
     assert len({actor["pg"], ref["pg"], rollout_worker["pg"]}) == 3, dump  # three placement groups

@@ -233,7 +233,7 @@ class GlooCheckpointEngine(CheckpointEngine):
         ).encode()
         header_t = torch.frombuffer(bytearray(header), dtype=torch.uint8)
         sizes = torch.tensor([header_t.numel(), bucket.used], dtype=torch.int64)
-        # Gloo runs each group's collectives in order, so the three can be queued at once.
+        # Gloo matches collectives by the order they are issued in (per-group tags), so all three can be queued.
         works = [self._broadcast(sizes), self._broadcast(header_t)]
         if bucket.used:  # an empty last bucket (nothing left to send) has no payload broadcast
             works.append(self._broadcast(bucket.data[: bucket.used]))
