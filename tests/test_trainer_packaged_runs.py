@@ -6,6 +6,9 @@ GRPO ``(r - mean) / (std + eps)``, Dr.GRPO ``r - mean``, A-GRAE our estimator (i
 reference loop in test_advantage_on_cpu.py). The DAPO + A-GRAE run also proves that mu counts the groups
 dynamic sampling dropped: the reward below makes every prompt with an even answer all-solved, and the
 reward log rebuilds every generated group independently of verl's own accounting.
+
+Each run starts its own Ray session (about a minute on 2 cores), so only the DAPO + A-GRAE run is in the
+default test run; the other five are marked slow (`pytest -m slow`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ import pytest
 import torch
 
 from verl_agrae.testing.tiny_run import tiny_run_argv
-
-pytestmark = pytest.mark.slow
 
 EPS = 1e-6
 
@@ -95,6 +96,7 @@ def _common_checks(rows: dict, rec: dict) -> None:
     assert rows[1]["training/rollout_probs_diff_max"] < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("config_name", "norm_by_std"),
     [("grpo", True), ("drgrpo", False)],
@@ -109,6 +111,7 @@ def test_grpo_and_drgrpo_train_with_their_advantage(tiny_model_dir, data_dir, tm
     assert ("actor/kl_loss" in rows[1]) is (config_name == "grpo")  # Dr.GRPO: no KL term
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_name", ["grpo_agrae", "drgrpo_agrae"])
 def test_agrae_configs_train_with_agrae_and_log_its_metrics(tiny_model_dir, data_dir, tmp_path, config_name):
     run_dir = tmp_path / config_name
@@ -147,6 +150,7 @@ def _dapo_run(config_name: str, model, data, tmp_path: Path) -> tuple[dict, dict
     return rows, rec, _generated_groups(log)
 
 
+@pytest.mark.slow
 def test_dapo_trains_with_dynamic_sampling(tiny_model_dir, data_dir, tmp_path):
     rows, rec, generated = _dapo_run("dapo", tiny_model_dir, data_dir, tmp_path)
     _, _, groups = _groups(rec)
