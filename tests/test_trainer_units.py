@@ -125,3 +125,26 @@ def test_plots_are_written_for_logged_metrics(tmp_path):
     assert {"reward.png", "entropy.png", "agrae_balance.png", "timing.png"} <= written
     assert "kl.png" not in written  # nothing logged for it
     assert (tmp_path / "reward.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cpu_fsdp_engines_compute_in_fp32(composed):
+    """verl's FSDP engine computes in `mixed_precision.param_dtype` (bf16 when unset): on CPUs without bf16
+    matmul units that ran the demo's actor update ~40x slower and moved its log-probs 5e-2 off the rollout's."""
+    import torch
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.torch_dtypes import PrecisionType
+
+    from verl_agrae.trainer.cpu_overrides import apply_cpu_settings
+
+    config = composed.copy()
+    apply_cpu_settings(config, [])
+    for role in ("actor", "ref"):
+        engine = omega_conf_to_dataclass(config.actor_rollout_ref[role].fsdp_config)
+        for part in ("param_dtype", "reduce_dtype", "buffer_dtype"):
+            assert PrecisionType.to_dtype(engine.mixed_precision[part]) == torch.float32, (role, part)
+    from verl_agrae.trainer.main import compose_config
+
+    mine_overrides = ["+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=bf16"]
+    mine = compose_config("cpu", mine_overrides)
+    apply_cpu_settings(mine, mine_overrides)
+    assert mine.actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype == "bf16"  # explicit choice wins
