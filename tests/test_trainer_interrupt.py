@@ -48,13 +48,12 @@ def _check_merged_metrics(run_dir: Path, last_step: int) -> None:
 def test_ctrl_c_stops_the_run_and_the_same_command_resumes(tiny_model_dir, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     argv = tiny_run_argv("cpu", tiny_model_dir, data_dir, run_dir, "trainer.save_freq=1", steps=30)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "driver.log"  # a file, not a pipe: verl's output would fill a pipe nobody reads yet
     proc = subprocess.Popen(
         [sys.executable, "-m", "verl_agrae.trainer.main", *argv],
-        env=env,
-        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        text=True,
         start_new_session=True,  # its own process group: Ctrl-C in a terminal signals the whole foreground group
     )
     try:
@@ -66,11 +65,12 @@ def test_ctrl_c_stops_the_run_and_the_same_command_resumes(tiny_model_dir, data_
         children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         os.killpg(proc.pid, signal.SIGINT)
         started = time.monotonic()
-        output, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
         stopped_in = time.monotonic() - started
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
     assert proc.returncode == 130, output[-3000:]
     assert "interrupted; rerun the same command to resume" in output
     assert stopped_in < 120
@@ -115,12 +115,12 @@ def test_a_dying_worker_stops_the_run_naming_its_role_and_resume_loses_nothing(
 ):
     run_dir = tmp_path / "run"
     argv = tiny_run_argv("cpu", tiny_model_dir, data_dir, run_dir, "trainer.save_freq=1", steps=30)
+    log = tmp_path / "driver.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "verl_agrae.trainer.main", *argv],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        text=True,
         start_new_session=True,
     )
     try:
@@ -132,10 +132,11 @@ def test_a_dying_worker_stops_the_run_naming_its_role_and_resume_loses_nothing(
         victims = [pid for pid in _ray_actor_pids(title) if pid in mine]
         assert victims, f"no ray::{title} process under the driver"
         os.kill(victims[0], signal.SIGKILL)
-        output, _ = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
     assert proc.returncode == 1, output[-3000:]
     assert f"error: the {role}" in output, output[-3000:]
     assert "rerun the same command to resume" in output
