@@ -13,7 +13,8 @@ It is imported in every verl process through ``VERL_USE_EXTERNAL_MODULES`` and d
 ``token_level_rewards``, ``response_mask``, ``index``, ``advantages``, ``estimator``, ``options``, and for
 ``agrae`` the ``mu`` it used and the batch's own ``mu_batch``)
 atomically; the trainer entry point maps call ``k`` of an attempt to training step ``start + k - 1``.
-This is the demo's stand-in for the per-step diagnostics hook of our trainer subclass (issue 5).
+A-GRAE runs also log their diagnostics live (``verl_agrae.agrae_trainer``); the records prove, in tests, which
+estimator produced the trained advantages and give GRPO runs the same diagnostics for comparison.
 """
 
 from __future__ import annotations
