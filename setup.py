@@ -51,10 +51,9 @@ setup(
         # `import verl` imports every module of this group in every process that imports verl
         # (driver, Ray task runner, workers): this is how `agrae` reaches the process that
         # computes advantages.
-        "verl.plugins": ["agrae = verl_agrae.plugin"],
+        "verl.plugins": ["agrae = verl_agrae.integration.entry"],
         "console_scripts": [
             "verl-agrae = verl_agrae.cli:main",
-            "verl-agrae-train = verl_agrae.trainer.main:main",
         ],
     },
 )

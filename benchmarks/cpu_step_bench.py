@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="cpu_step_bench_"))
     if args.model == "demo":
-        from verl_agrae.trainer.demo_model import ensure_demo_model
+        from verl_agrae.demo_model import ensure_demo_model
 
         model, described = ensure_demo_model(), "SmolLM2-135M-Instruct (the CPU demo's model)"
     elif args.model:

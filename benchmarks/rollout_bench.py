@@ -19,7 +19,7 @@ from pathlib import Path
 
 def _default_model() -> Path:
     try:
-        from verl_agrae.trainer.demo_model import ensure_demo_model
+        from verl_agrae.demo_model import ensure_demo_model
 
         return ensure_demo_model()
     except Exception as e:  # demo model not installed: fall back to a locally built tiny model
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from verl_agrae.rollout.bench import measure_batching_speedup
+    from verl_agrae.testing.rollout_bench import measure_batching_speedup
 
     model = args.model or _default_model()
     result = measure_batching_speedup(

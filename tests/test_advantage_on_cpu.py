@@ -11,6 +11,7 @@ import torch
 
 from verl_agrae.advantage import (
     agrae_sequence_advantage,
+    agrae_terms,
     compute_agrae_outcome_advantage,
     difficulty_weight,
     group_ids_from_index,
@@ -20,7 +21,7 @@ EPS = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Reference: a plain per-row loop written straight from shared/docs/agrae-spec.md, in float64 Python math.
+# Reference: a plain per-row loop written straight from the spec (docs/agrae.md), in float64 Python math.
 # ----------------------------------------------------------------------------------------------------------------------
 def reference_agrae(
     token_level_rewards,
@@ -98,6 +99,13 @@ def make_batch(num_groups, length, seed, reward_kind="binary", singletons=0, pad
     return tlr, mask, np.array(uids, dtype=object)
 
 
+def advantages_at_mu(tlr, mask, uids, mu, **options):
+    """A-GRAE's sequence advantages with ``mu`` fixed: the batch statistics, then steps 2-3 (``agrae_terms``)."""
+    res = agrae_sequence_advantage(tlr, mask, uids, **options)
+    adv, _ = agrae_terms(res.base_advantages, res.group_success, res.group_size, mu, res.options)
+    return torch.where(res.valid, adv, torch.zeros_like(adv))
+
+
 @pytest.mark.parametrize("num_groups", [1, 3, 17])
 @pytest.mark.parametrize("length", [1, 9])
 @pytest.mark.parametrize("reward_kind", ["binary", "fractional", "pm1"])
@@ -114,7 +122,7 @@ def test_vectorised_matches_reference_loop(num_groups, length, reward_kind, seed
                 mask,
                 uids,
                 alpha=alpha,
-                norm_adv_by_std=norm,
+                norm_adv_by_std_in_grpo=norm,
                 difficulty_shift=shift,
                 suppress_correct=suppress,
                 success_threshold=threshold,
@@ -131,10 +139,10 @@ def test_vectorised_matches_reference_loop(num_groups, length, reward_kind, seed
 @pytest.mark.parametrize("seed", [0, 3])
 def test_float32_matches_reference_and_supplied_mu(seed):
     tlr, mask, uids = make_batch(20, 5, seed, "binary", singletons=2, padding=3, dtype=torch.float32)
-    adv, _ = compute_agrae_outcome_advantage(tlr, mask, uids, mu=0.8)
+    adv = advantages_at_mu(tlr, mask, uids, 0.8)
     ref, mu = reference_agrae(tlr.double(), mask.double(), uids, mu=0.8)
     assert mu == 0.8
-    torch.testing.assert_close(adv, torch.tensor(ref, dtype=torch.float32)[:, None] * mask, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adv, torch.tensor(ref, dtype=torch.float32), rtol=1e-5, atol=1e-5)
     assert adv.dtype == torch.float32
 
 
@@ -158,9 +166,9 @@ def test_spec_scale_example():
     r = torch.tensor([1.0] * 7 + [0.0])[:, None]
     uids = np.array(["g"] * 8, dtype=object)
     grpo = agrae_sequence_advantage(r, torch.ones_like(r), uids, difficulty_shift=False, suppress_correct=False)
-    res = agrae_sequence_advantage(r, torch.ones_like(r), uids, mu=0.2)
+    adv = advantages_at_mu(r, torch.ones_like(r), uids, 0.2)
     assert float(grpo.advantages[-1]) == pytest.approx(-2.47, abs=0.01)
-    assert float(res.advantages[-1]) == pytest.approx(-15.6, abs=0.1)
+    assert float(adv[-1]) == pytest.approx(-15.6, abs=0.1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -177,7 +185,7 @@ def test_terms_off_equals_verl_grpo(seed, norm, reward_kind):
 
     tlr, mask, uids = make_batch(12, 6, seed, reward_kind, singletons=seed, dtype=torch.float32)
     ours, _ = compute_agrae_outcome_advantage(
-        tlr, mask, uids, norm_adv_by_std=norm, difficulty_shift=False, suppress_correct=False
+        tlr, mask, uids, norm_adv_by_std_in_grpo=norm, difficulty_shift=False, suppress_correct=False
     )
     loop, _ = compute_grpo_outcome_advantage(tlr.clone(), mask, uids, norm_adv_by_std_in_grpo=norm)
     torch.testing.assert_close(ours, loop, rtol=1e-5, atol=1e-6)
@@ -270,7 +278,7 @@ def test_curriculum_easy_to_hard_ratio_falls_as_mu_rises():
     uids = np.array(["easy"] * 8 + ["hard"] * 8, dtype=object)
     ratios = []
     for mu in np.linspace(0.0, 1.0, 21):
-        a = agrae_sequence_advantage(r, torch.ones_like(r), uids, mu=float(mu), suppress_correct=False).advantages
+        a = advantages_at_mu(r, torch.ones_like(r), uids, float(mu), suppress_correct=False)
         ratios.append(float(a[:8].abs().sum() / a[8:].abs().sum()))
     assert all(x > y for x, y in zip(ratios, ratios[1:], strict=False))
     assert ratios[0] > 1 > ratios[-1]  # easy favoured first, hard favoured at the end
@@ -279,7 +287,7 @@ def test_curriculum_easy_to_hard_ratio_falls_as_mu_rises():
 def test_difficulty_weight_matches_formula_and_is_finite_at_edges():
     p = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
     for mu in (0.0, 0.3, 1.0):
-        w = difficulty_weight(p, mu)
+        w = difficulty_weight(p, mu, EPS)
         assert torch.isfinite(w).all()
         for pi, wi in zip(p.tolist(), w.tolist(), strict=True):
             assert wi == pytest.approx((1 - mu) * 0.5 / (1 - math.sqrt(pi) + EPS) + mu * 0.5 / (math.sqrt(pi) + EPS))
@@ -294,14 +302,14 @@ def test_edge_groups_and_extreme_mu(mu):
     mask = torch.ones_like(r)
     mask[-1] = 0
     uids = np.array(["solved"] * 3 + ["failed"] * 3 + ["single", "mix", "mix", "pad_0"], dtype=object)
-    res = agrae_sequence_advantage(r, mask, uids, mu=mu)
-    assert torch.isfinite(res.advantages).all()
-    assert (res.advantages[:6] == 0).all()  # zero-variance groups: exactly 0
-    assert res.advantages[-1] == 0  # padding row
+    adv = advantages_at_mu(r, mask, uids, mu)
+    assert torch.isfinite(adv).all()
+    assert (adv[:6] == 0).all()  # zero-variance groups: exactly 0
+    assert adv[-1] == 0  # padding row
     # singleton: GRAE's r / (1 + eps), exempt from w, positive -> suppressed by min(1, mu)
-    assert float(res.advantages[6]) == pytest.approx(1 / (1 + EPS) * min(1.0, mu))
+    assert float(adv[6]) == pytest.approx(1 / (1 + EPS) * min(1.0, mu))
     if mu == 0.0:
-        assert (res.advantages[res.advantages > 0]).numel() == 0  # all positives suppressed to 0
+        assert (adv[adv > 0]).numel() == 0  # all positives suppressed to 0
 
 
 def test_padding_rows_do_not_change_statistics():
@@ -365,8 +373,8 @@ def test_shape_and_option_errors():
         compute_agrae_outcome_advantage(torch.ones(4), torch.ones(4), uids)
     with pytest.raises(ValueError, match="alpha"):
         compute_agrae_outcome_advantage(r, torch.ones(4, 3), uids, alpha=0.0)
-    with pytest.raises(ValueError, match="mu"):
-        compute_agrae_outcome_advantage(r, torch.ones(4, 3), uids, mu=1.5)
+    with pytest.raises(ValueError, match="mu must lie in"):
+        advantages_at_mu(r / 3, torch.ones(4, 3), uids, 1.5)
 
 
 def test_group_ids_accept_strings_ints_and_tensors():
@@ -408,8 +416,9 @@ def test_groups_outside_the_batch_count_in_mu_only():
     torch.testing.assert_close(res.advantages, torch.tensor(ref, dtype=torch.float32))
     with pytest.raises(ValueError, match="success rates in \\[0, 1\\]"):
         agrae_sequence_advantage(r, torch.ones_like(r), uids, extra_group_success=[1.5])
-    with pytest.raises(ValueError, match="either mu or extra_group_success"):
-        agrae_sequence_advantage(r, torch.ones_like(r), uids, mu=0.5, extra_group_success=[1.0])
+    assert res.mu_source == "generated" and res.groups_outside_batch == 3
+    alone = agrae_sequence_advantage(r, torch.ones_like(r), uids)
+    assert alone.mu_source == "batch" and alone.groups_outside_batch == 0 and alone.mu == alone.mu_batch
 
 
 def test_all_success_group_with_differing_rewards_is_not_blown_up():

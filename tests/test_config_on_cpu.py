@@ -29,7 +29,6 @@ def test_reads_struct_mode_omegaconf_algorithm_node():
     assert c.alpha == 0.5 and isinstance(c.alpha, float)
     assert c.success_threshold == 0.0
     assert c.norm_adv_by_std_in_grpo is False
-    assert c.estimator_kwargs()["norm_adv_by_std"] is False
 
 
 def test_missing_agrae_node_and_none_give_defaults():
@@ -96,3 +95,23 @@ def test_reward_scheme_problem_names_the_keys():
     assert reward_scheme_problem(grpo) is None
     plain = OmegaConf.create({"algorithm": {"adv_estimator": "agrae"}, "reward": {"reward_manager": {"name": "naive"}}})
     assert reward_scheme_problem(plain) is None
+
+
+def test_packaged_yaml_and_readme_state_the_dataclass_defaults():
+    """The dataclass is the one source of the defaults; the packaged config and README's table must agree."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    import verl_agrae
+
+    defaults = {f.name: f.default for f in dataclasses.fields(AgraeConfig) if f.name != "norm_adv_by_std_in_grpo"}
+    packaged = Path(verl_agrae.__file__).parent / "trainer" / "config" / "agrae.yaml"
+    declared = yaml.safe_load(packaged.read_text())["algorithm"]["agrae"]
+    assert declared == defaults
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", readme, flags=re.M))
+    for key, value in defaults.items():
+        assert yaml.safe_load(table[key]) == value, key

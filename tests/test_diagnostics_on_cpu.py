@@ -22,7 +22,7 @@ def _batch():
 def test_hand_computed_keys_and_values():
     r, mask, uids = _batch()
     res = agrae_sequence_advantage(r, mask, uids, alpha=1.0)
-    d = diagnostics_from_result(res, alpha=1.0)
+    d = diagnostics_from_result(res)
     assert all(k.startswith("agrae/") for k in d) and all(isinstance(v, float) for v in d.values())
     assert d["agrae/mu"] == pytest.approx(0.5)
     assert d["agrae/suppression"] == pytest.approx(0.5)
@@ -81,7 +81,7 @@ def test_bins_match_a_plain_loop(seed):
 
 def test_degenerate_batches_are_finite():
     z = torch.zeros(3)
-    d = batch_diagnostics(z, z, torch.tensor([0, 0, 1]), torch.tensor([False, False, False]), alpha=1.0)
+    d = batch_diagnostics(z, z, torch.tensor([0, 0, 1]), torch.tensor([False, False, False]))
     assert all(np.isfinite(v) for v in d.values())
     assert d["agrae/pos_to_neg_ratio"] == 1.0 and d["agrae/mu"] == 0.0
     with pytest.raises(ValueError, match="num_bins"):

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from verl_agrae.atomic import atomic_write_text
 from verl_agrae.eval.datasets import BenchmarkSpec, EvalDataError, load_benchmark, load_rl_parquet
 from verl_agrae.eval.sampling import derive_seed, resolve_model
 from verl_agrae.eval.shards import (
-    atomic_write_text,
     clean_partial,
     ensure_meta,
     pending_ranges,

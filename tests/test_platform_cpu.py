@@ -16,8 +16,7 @@ PROBE = textwrap.dedent(
     """
     import json, os, sys
     import torch
-    import verl  # loads our plugins (entry point) in this process, as in every Ray worker
-    import verl_agrae.platform.plugin  # noqa: F401  (also what VERL_USE_EXTERNAL_MODULES imports)
+    import verl  # loads our entry point in this process, as in every Ray worker (the one activation route)
     from verl.plugin.platform import get_platform
     from verl.utils import device as vdev
     out = {}
@@ -35,7 +34,7 @@ PROBE = textwrap.dedent(
     out["rng_roundtrip"] = bool(torch.equal(a, b))
     out["to_device"] = str(x.to(vdev.get_device_id()).device)
     out["max_mem_ge_mem"] = dm.max_memory_allocated() >= dm.memory_allocated() > 0
-    from verl_agrae.platform.patches import applied_patches
+    from verl_agrae.integration.patches import applied_patches
     out["patches"] = sorted(applied_patches())
     import verl.utils.fsdp_utils as fu
     out["ref_offload_pins"] = fu.CPUOffloadPolicy(pin_memory=True).pin_memory
@@ -75,7 +74,6 @@ def _free_port() -> int:
 
 def _probe(env_extra: dict[str, str]) -> dict:
     env = {**os.environ, **env_extra}
-    env.pop("VERL_USE_EXTERNAL_MODULES", None)
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, str(_free_port())], env=env, capture_output=True, text=True, timeout=300
     )
@@ -128,7 +126,7 @@ def test_patches_are_applied_and_effective(cpu_probe):
         expected.append("trl_without_value_head_breaks_model_build")
     assert cpu_probe["patches"] == sorted(expected)
     assert cpu_probe["ref_offload_pins"] is False
-    assert cpu_probe["valuehead_loader"] == "verl_agrae.platform.patches"
+    assert cpu_probe["valuehead_loader"] == "verl_agrae.integration.patches"
     assert cpu_probe["fsdp2_forward_ok"]
 
 
@@ -141,9 +139,9 @@ def test_nothing_changes_without_the_cpu_request():
     env = {**os.environ}
     env.pop("VERL_PLATFORM", None)
     code = (
-        "import verl, verl_agrae.platform.plugin\n"
+        "import verl\n"
         "from verl.plugin.platform import PlatformRegistry\n"
-        "from verl_agrae.platform.patches import applied_patches\n"
+        "from verl_agrae.integration.patches import applied_patches\n"
         "import verl.utils.model as vm\n"
         "print('PROBE', 'cpu' in PlatformRegistry.registered_names(), sorted(applied_patches()),"
         " vm.load_valuehead_model.__module__)\n"
@@ -160,7 +158,7 @@ def test_valuehead_model_loads_with_sdpa(tiny_model_dir):
     import torch
     from transformers import AutoConfig
 
-    from verl_agrae.platform.patches import _load_valuehead_model_sdpa
+    from verl_agrae.integration.patches import _load_valuehead_model_sdpa
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     config.num_labels = 1

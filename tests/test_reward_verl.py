@@ -92,11 +92,8 @@ def test_naive_reward_manager_runs_it_in_executor_threads():
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, namespace="test_reward_verl")
-    yield ray
-    ray.shutdown()
+def ray_num_cpus():
+    return 1  # conftest's ray_session with one logical CPU
 
 
 def test_compute_score_in_threaded_ray_actor(ray_session):

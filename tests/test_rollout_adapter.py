@@ -34,15 +34,14 @@ class _StandInServer:
 
 @pytest.fixture
 def configs(tiny_model_dir):
-    from verl_agrae.rollout.testing import rollout_configs
+    from verl_agrae.testing.rollout import rollout_configs
 
     return rollout_configs(tiny_model_dir)
 
 
 def _adapter(configs, rank, monkeypatch, bucket_mb=1, tp=1):
+    import verl  # noqa: F401  (our entry point registers hf)
     from verl.workers.rollout.base import get_rollout_class
-
-    import verl_agrae.rollout  # noqa: F401
 
     config, model_config = configs
     engine = dataclasses.replace(config.checkpoint_engine, update_weights_bucket_megabytes=bucket_mb)

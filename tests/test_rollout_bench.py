@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_batching_benchmark_runs_both_arms(tiny_model_dir):
-    from verl_agrae.rollout.bench import measure_batching_speedup
+    from verl_agrae.testing.rollout_bench import measure_batching_speedup
 
     result = measure_batching_speedup(
         tiny_model_dir, responses=6, distinct_prompts=3, max_tokens=3, num_threads=1, repeats=2

@@ -15,13 +15,6 @@ PAD = 0
 
 
 @pytest.fixture(scope="module")
-def lively_model_dir(tiny_model_dir, tmp_path_factory):
-    from verl_agrae.rollout.testing import make_lively_model
-
-    return make_lively_model(tiny_model_dir, tmp_path_factory.mktemp("lively") / "model")
-
-
-@pytest.fixture(scope="module")
 def model(lively_model_dir):
     from transformers import AutoModelForCausalLM
 

@@ -11,18 +11,9 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    # Logical CPUs: the server actor and the stand-in worker each hold one while alive.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="test_rollout_ray")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def lively_model_dir(tiny_model_dir, tmp_path_factory):
-    from verl_agrae.rollout.testing import make_lively_model
-
-    return make_lively_model(tiny_model_dir, tmp_path_factory.mktemp("lively") / "model")
+def ray_cluster(ray_session):
+    # conftest's 4 logical CPUs: the server actor and the stand-in worker each hold one while alive.
+    return ray_session
 
 
 @ray.remote(num_cpus=1)
@@ -40,11 +31,11 @@ class _WorkerGroup:
 
 
 def test_replica_serves_batches_and_receives_weights_through_ray(ray_cluster, lively_model_dir, monkeypatch):
+    import verl  # noqa: F401  (our entry point registers hf)
     from verl.workers.rollout.base import get_rollout_class
     from verl.workers.rollout.replica import RolloutMode, get_rollout_replica_class
 
-    import verl_agrae.rollout  # noqa: F401  (registers hf)
-    from verl_agrae.rollout.testing import rollout_configs
+    from verl_agrae.testing.rollout import rollout_configs
 
     monkeypatch.delenv("RANK", raising=False)  # the test process plays trainer rank 0 (the replica leader)
     config, model_config = rollout_configs(lively_model_dir, response_length=12, max_batch_size=16, max_wait_ms=200)

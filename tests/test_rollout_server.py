@@ -11,17 +11,20 @@ import torch
 
 from verl_agrae.rollout.server import HFRolloutServer
 from verl_agrae.rollout.settings import HFRolloutSettings
-from verl_agrae.rollout.testing import rollout_configs
+from verl_agrae.testing.rollout import rollout_configs
 
 GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True}
 PROMPTS = [[5 + i, 40 + 3 * i, 100 + i, 7][: 1 + i % 4] for i in range(12)]
+EVENT_TIMEOUT_S = 300.0  # only bounds a hang: waits below end on an event, long before this on any machine
 
 
-@pytest.fixture(scope="module")
-def lively_model_dir(tiny_model_dir, tmp_path_factory):
-    from verl_agrae.rollout.testing import make_lively_model
+async def _run_ready_tasks() -> None:
+    """Let every task that is ready run until it next suspends.
 
-    return make_lively_model(tiny_model_dir, tmp_path_factory.mktemp("lively") / "model")
+    Not a timed wait: asyncio runs ready callbacks in FIFO order, so after one yield a task created just before
+    has run its first step (for a request: up to the generation gate, or into the batcher), whatever the load.
+    """
+    await asyncio.sleep(0)
 
 
 def _serve(model_dir, scenario, http=False, **kwargs):
@@ -149,28 +152,32 @@ def test_abort_parks_new_requests_until_resume(lively_model_dir):
             asyncio.create_task(server.generate(prompt_ids=p, sampling_params=dict(long), request_id=str(i)))
             for i, p in enumerate(PROMPTS[:3])
         ]
-        await asyncio.sleep(1.0)  # let the batch start decoding
+        # Abort once every request holds a token: the batch is then ~1000 steps from its end (max_model_len
+        # caps max_tokens), so the abort lands mid-decode however slow the machine. The timeout only turns a
+        # hang into a failure.
+        await asyncio.wait_for(server.batcher.decoding.wait(), timeout=EVENT_TIMEOUT_S)
         report = await server.abort_all_requests()
         aborted = await asyncio.gather(*running)
         parked = asyncio.create_task(
             server.generate(prompt_ids=PROMPTS[0], sampling_params=dict(GREEDY), request_id="p")
         )
-        await asyncio.sleep(0.3)
-        still_parked = not parked.done()
+        await _run_ready_tasks()
+        still_parked = not parked.done() and server.get_stats()["num_parked"] == 1
         await server.resume_generation()
         served = await parked
+        num_parked_after = server.get_stats()["num_parked"]
         await server.abort_all_requests(reject_request=True)
         rejected = await server.generate(prompt_ids=PROMPTS[0], sampling_params=dict(GREEDY), request_id="r")
         await server.resume_generation()
-        return report, aborted, still_parked, served, rejected
+        return report, aborted, still_parked, served, rejected, num_parked_after
 
-    report, aborted, still_parked, served, rejected = _serve(
+    report, aborted, still_parked, served, rejected, num_parked_after = _serve(
         lively_model_dir, scenario, response_length=16, max_wait_ms=50
     )
     assert report["aborted_count"] == 3
     for o in aborted:
         assert o.stop_reason == "aborted" and 0 < len(o.token_ids) < 1000 and len(o.log_probs) == len(o.token_ids)
-    assert still_parked and served.stop_reason == "completed" and served.token_ids
+    assert still_parked and served.stop_reason == "completed" and served.token_ids and num_parked_after == 0
     assert rejected.stop_reason == "aborted" and rejected.token_ids == []
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -19,12 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STUBS = ROOT / "tests" / "stubs"
 SLURM = ROOT / "slurm"
 JOB_ID = 4242
+# Only turns a hang into a failure (the waits below end on events): generous for a busy 2-core machine.
+WAIT_S = 60.0
 
 
 def _block(job_id: int) -> tuple[int, int]:
@@ -64,23 +68,27 @@ def _calls(state: Path) -> list[str]:
 
 
 def _assert_no_stub_left(state: Path) -> None:
-    """Every fake `ray start --block` our job launched has exited (each stub records its pid while it runs)."""
+    """Every fake `ray start --block` our job launched has exited (each stub records its pid while it runs).
+
+    Waits on a pidfd per recorded pid, which becomes readable the moment that process exits (a zombie has), so a
+    slow machine only makes this wait longer, up to ``WAIT_S``, instead of failing at a fixed short deadline.
+    """
     pids = state / "pids"
-
-    def alive() -> list[int]:
-        out = []
-        for f in pids.iterdir() if pids.exists() else []:
-            try:
-                os.kill(int(f.name), 0)
-                out.append(int(f.name))
-            except ProcessLookupError:
-                continue  # gone (a stub killed with SIGKILL cannot remove its file)
-        return out
-
-    deadline = time.monotonic() + 10
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(), f"ray stubs still running: {alive()}"
+    deadline = time.monotonic() + WAIT_S
+    alive = []
+    for f in sorted(pids.iterdir()) if pids.exists() else []:
+        try:
+            fd = os.pidfd_open(int(f.name))
+        except ProcessLookupError:
+            continue  # gone (a stub killed with SIGKILL cannot remove its file)
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                alive.append(int(f.name))
+        finally:
+            os.close(fd)
+    assert not alive, f"ray stubs still running: {alive}"
 
 
 def _flag(call: str, name: str) -> str:
@@ -91,7 +99,9 @@ def _flag(call: str, name: str) -> str:
 
 @pytest.mark.parametrize("nodes", [1, 2, 4])
 def test_bootstrap_starts_head_and_workers_then_trains_and_cleans_up(tmp_path, nodes):
-    env = _env(tmp_path, nodes, STUB_JOIN_DELAY="0.4")
+    # Workers join 1.5 s after they start while `ray status` is polled every 0.1 s: several polls must see the
+    # cluster incomplete even when a loaded machine makes each poll (a few forks) take a few hundred ms.
+    env = _env(tmp_path, nodes, STUB_JOIN_DELAY="1.5")
     res = _run("train.sbatch", ["agrae", "data.train_files=/d/train.parquet"], env)
     assert res.returncode == 0, res.stderr
     calls = _calls(tmp_path)
@@ -244,11 +254,30 @@ def _start_and_wait_for_training(tmp_path, **extra):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while not any(" train " in c for c in _calls(tmp_path)):
+    # Ready once the fake `verl-agrae train` sleeps in its loop: it installs its TERM trap just before, so a signal
+    # sent now is recorded by the trap ("got TERM"). Its call in calls.log comes before the trap, so it is not enough.
+    # The stub exposes no event for this; its `sleep` child is the observable state, polled up to a generous limit.
+    deadline = time.monotonic() + WAIT_S
+    while not (any(" train " in c for c in _calls(tmp_path)) and _training_stub_sleeping(proc.pid)):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
+        time.sleep(0.05)
     return proc
+
+
+def _training_stub_sleeping(pid: int) -> bool:
+    """Whether a `sleep` runs as a child of the fake `verl-agrae` under process ``pid``."""
+    try:
+        tree = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    for child in tree:
+        try:
+            parent = child.parent()
+            if child.name() == "sleep" and parent is not None and "verl-agrae" in " ".join(parent.cmdline()):
+                return True
+        except psutil.Error:
+            continue  # a `sleep` that just ended
+    return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
@@ -380,10 +409,11 @@ def test_library_found_from_a_spool_copy(tmp_path):
     shutil.copy(SLURM / "train.sbatch", spool / "slurm_script")
     env = _env(tmp_path, 1, SLURM_SUBMIT_DIR=str(ROOT))
     env["AGRAE_RUN_ROOT"] = str(tmp_path / "runs")
-    res = subprocess.run(["bash", str(spool / "slurm_script"), "agrae"], env=env, capture_output=True, text=True)
+    cmd = ["bash", str(spool / "slurm_script"), "agrae"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=WAIT_S)
     assert res.returncode == 0, res.stderr
     env["SLURM_SUBMIT_DIR"] = str(tmp_path)
-    res = subprocess.run(["bash", str(spool / "slurm_script"), "agrae"], env=env, capture_output=True, text=True)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=WAIT_S)
     assert res.returncode == 1 and "cannot find slurm/lib/ray_cluster.sh" in res.stderr
 
 

@@ -1,5 +1,5 @@
 """The six packaged training configs (GRPO, Dr.GRPO, DAPO, each +- A-GRAE) compose on verl's `ppo_trainer`, mean what
-the papers say (independent expectations below, from shared/docs/verl-notes.md and agrae-spec.md), pass verl's own
+the papers say (independent expectations below, from verl's documented keys and docs/agrae.md), pass verl's own
 validator, and refuse A-GRAE on DAPO's +-1 scores without a success threshold before Ray starts."""
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def test_semantics(base, agrae):
     name = f"{base}_agrae" if agrae else base
     cfg = _compose(name)
     actor = cfg.actor_rollout_ref.actor
-    assert cfg.algorithm.adv_estimator == ("agrae" if agrae else "grpo")
+    # Plain methods run `agrae` with both terms off (equal to verl's `grpo`, tests/test_advantage_on_cpu.py).
+    assert cfg.algorithm.adv_estimator == "agrae"
+    assert cfg.algorithm.agrae.difficulty_shift is agrae and cfg.algorithm.agrae.suppress_correct is agrae
     assert cfg.trainer.v1.trainer_mode == "agrae_sync"
     assert cfg.reward.custom_reward_function.path == "pkg://verl_agrae.reward"
     if base == "grpo":
@@ -55,12 +57,11 @@ def test_semantics(base, agrae):
         assert cfg.reward.reward_kwargs.overlong_buffer_cfg.enable is True
         assert cfg.reward.reward_kwargs.max_resp_len == 1024  # follows data.max_response_length
         assert cfg.reward.custom_reward_function.reward_kwargs.dapo is True
-    if agrae:
-        assert cfg.algorithm.agrae.alpha == 1.0
-        assert cfg.algorithm.agrae.success_threshold == (0.0 if base == "dapo" else None)
+    assert cfg.algorithm.agrae.alpha == 1.0
+    assert cfg.algorithm.agrae.success_threshold == (0.0 if base == "dapo" else None)
 
 
-@pytest.mark.parametrize("name", BASES + [f"{b}_agrae" for b in BASES])
+@pytest.mark.parametrize("name", BASES + [f"{b}_agrae" for b in BASES] + ["cpu_demo_grpo"])
 def test_passes_verl_validator_and_our_preflight(name):
     from verl_agrae.trainer.checks import check_estimator
 

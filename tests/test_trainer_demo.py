@@ -19,7 +19,7 @@ def test_demo_config_prepares_and_loads_the_real_model(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from verl_agrae.trainer.demo_model import demo_model_cache_dir
+    from verl_agrae.demo_model import demo_model_cache_dir
     from verl_agrae.trainer.main import compose_config, prepare
 
     overrides = [f"run.dir={tmp_path / 'demo'}"]

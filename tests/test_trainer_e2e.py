@@ -18,15 +18,6 @@ import torch
 from verl_agrae.testing.tiny_run import tiny_run_argv
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from verl_agrae.data.arithmetic import write_arithmetic_dataset
-
-    out = tmp_path_factory.mktemp("arith")
-    write_arithmetic_dataset(out, n_train=32, n_val=8, seed=0)
-    return out
-
-
 def _overrides(model: Path, data: Path, run_dir: Path, steps: int, *extra: str) -> list[str]:
     return tiny_run_argv(
         "cpu",
@@ -63,7 +54,7 @@ def _check_records_match_estimator(attempt: Path, expected_calls: int) -> list[d
             rec["response_mask"],
             rec["index"],
             alpha=agrae["alpha"],
-            norm_adv_by_std=opts["norm_adv_by_std_in_grpo"],
+            norm_adv_by_std_in_grpo=opts["norm_adv_by_std_in_grpo"],
             difficulty_shift=agrae["difficulty_shift"],
             suppress_correct=agrae["suppress_correct"],
             epsilon=agrae["epsilon"],
@@ -90,7 +81,7 @@ def _check_live_agrae_metrics(attempt: Path, records: list[dict]) -> None:
             rec["response_mask"],
             rec["index"],
             alpha=agrae["alpha"],
-            norm_adv_by_std=rec["options"]["norm_adv_by_std_in_grpo"],
+            norm_adv_by_std_in_grpo=rec["options"]["norm_adv_by_std_in_grpo"],
         )
         direct = diagnostics_from_result(result, alpha=agrae["alpha"])
         for key, value in direct.items():

@@ -13,13 +13,6 @@ import pytest
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="test_trainer_failures")
-    yield
-    ray.shutdown()
-
-
 def _driver_error(target_cls: str, method: str) -> BaseException:
     # Defined here, not at module level, so cloudpickle ships them by value (workers cannot import this file).
     class HFRolloutServer:

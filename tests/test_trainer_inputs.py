@@ -13,12 +13,8 @@ from omegaconf import OmegaConf
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from verl_agrae.data.arithmetic import write_arithmetic_dataset
-
-    out = tmp_path_factory.mktemp("arith_inputs")
-    write_arithmetic_dataset(out, n_train=8, n_val=4, seed=0)
-    return out
+def data_dir(arithmetic_data):
+    return arithmetic_data(n_train=8, n_val=4)
 
 
 def _args(model, data, run_dir, *extra):
@@ -100,7 +96,7 @@ def test_missing_model_directory(capsys, data_dir, tmp_path):
 
 
 def test_missing_demo_model_package(capsys, monkeypatch, tmp_path):
-    from verl_agrae.trainer import demo_model
+    from verl_agrae import demo_model
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -141,7 +137,7 @@ def test_too_many_logical_gpus_for_ram(tiny_model_dir, data_dir, tmp_path):
 
 
 def test_agrae_must_be_registered(capsys, monkeypatch, tiny_model_dir, data_dir, tmp_path):
-    import verl_agrae.register as reg
+    import verl_agrae.integration.estimator as reg
 
     def fail():
         raise RuntimeError("advantage estimator 'agrae' is not registered with verl: plugins disabled")

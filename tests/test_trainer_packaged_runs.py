@@ -25,15 +25,6 @@ from verl_agrae.testing.tiny_run import tiny_run_argv
 EPS = 1e-6
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from verl_agrae.data.arithmetic import write_arithmetic_dataset
-
-    out = tmp_path_factory.mktemp("arith_packaged")
-    write_arithmetic_dataset(out, n_train=32, n_val=8, seed=0)
-    return out
-
-
 def _run(config_name: str, model, data, run_dir: Path, *extra: str, reward: str = "parity_reward") -> dict:
     from verl_agrae.trainer.main import main
 
@@ -80,7 +71,7 @@ def _agrae_expected(rec: dict, mu: float | None = None) -> torch.Tensor:
         rec["response_mask"],
         rec["index"],
         alpha=agrae["alpha"],
-        norm_adv_by_std=rec["options"]["norm_adv_by_std_in_grpo"],
+        norm_adv_by_std_in_grpo=rec["options"]["norm_adv_by_std_in_grpo"],
         epsilon=agrae["epsilon"],
         success_threshold=agrae["success_threshold"],
         difficulty_shift=agrae["difficulty_shift"],

@@ -53,7 +53,8 @@ def test_full_determinism_seeds_requests_by_content_not_arrival(tiny_model_dir, 
     import asyncio
 
     from verl_agrae.rollout.server import HFRolloutServer
-    from verl_agrae.rollout.testing import make_lively_model, rollout_configs
+    from verl_agrae.testing.rollout import rollout_configs
+    from verl_agrae.testing.tiny_model import make_lively_model
 
     model = make_lively_model(tiny_model_dir, tmp_path / "lively")
     prompts = [[5, 40, 100, 7], [9, 12], [5, 40, 100, 7], [33, 8, 61], [9, 12], [5, 40, 100, 7]]
@@ -107,7 +108,7 @@ def test_cpu_settings_for_separate_async_pick_the_gloo_engine_and_count_every_po
     apply_cpu_settings(config, args)
     engine = config.actor_rollout_ref.rollout.checkpoint_engine
     assert engine.backend == "gloo"  # verl's own default, `naive`, is refused by its separate_async trainer
-    assert engine.custom_backend_module == "verl_agrae.platform.checkpoint_engine"
+    assert engine.custom_backend_module is None  # our entry point registers `gloo` in every process
     assert (config.actor_rollout_ref.rollout.nnodes, config.actor_rollout_ref.rollout.n_gpus_per_node) == (1, 1)
     assert config.ray_kwargs.ray_init.num_gpus == 3  # training pool + rollout pool + reference pool
 
@@ -126,15 +127,6 @@ def test_cpu_settings_for_separate_async_pick_the_gloo_engine_and_count_every_po
 # ---------------------------------------------------------------------------------------------------------
 # Training in both layouts (slow)
 # ---------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from verl_agrae.data.arithmetic import write_arithmetic_dataset
-
-    out = tmp_path_factory.mktemp("arith")
-    write_arithmetic_dataset(out, n_train=32, n_val=8, seed=0)
-    return out
 
 
 def _overrides(model: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:

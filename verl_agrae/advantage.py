@@ -9,9 +9,9 @@ both driven by the batch mean success rate ``mu``:
    so while the policy is weak the group's advantages sum to a negative number and probability mass
    moves towards unsampled tokens (exploration).
 
-The exact formula is in ``shared/docs/agrae-spec.md``; every function below names the spec step it
-implements. Groups are handled with ``index_add_``/``scatter_reduce`` over integer group ids, never
-with a Python loop over rows.
+The method as implemented, with the choices beyond the authors' code, is in ``docs/agrae.md``; every function
+below names the spec step it implements. Groups are handled with ``index_add_``/``scatter_reduce`` over integer
+group ids, never with a Python loop over rows.
 
 Padding rows (all-zero ``response_mask``, which verl adds to balance batches) are excluded from every
 statistic and always get a zero advantage.
@@ -19,6 +19,7 @@ statistic and always get a zero advantage.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from verl_agrae.config import AgraeConfig
+
 __all__ = [
     "AgraeResult",
+    "MU_FROM_BATCH",
+    "MU_FROM_GENERATED",
     "agrae_sequence_advantage",
+    "agrae_terms",
     "batch_mean_success",
     "compute_agrae_outcome_advantage",
     "difficulty_weight",
@@ -36,13 +42,16 @@ __all__ = [
     "group_mean_std",
     "grae_advantage",
     "success_from_rewards",
-    "suppression_factor",
     "to_token_level",
     "valid_rows",
 ]
 
 
 _UNIT_TOLERANCE = 1e-6
+
+#: ``AgraeResult.mu_source`` values.
+MU_FROM_BATCH = "batch"
+MU_FROM_GENERATED = "generated"
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,13 @@ class AgraeResult:
         group_ids: ``(bs,)`` int64 dense group id of each row.
         valid: ``(bs,)`` bool, rows with at least one response token.
         mu: batch mean success rate used for the A-GRAE terms.
-        mu_batch: mean success rate over this batch's own valid groups (equals ``mu`` unless the caller
-            supplied ``mu`` or groups generated outside the batch).
+        mu_batch: mean success rate over this batch's own valid groups.
+        mu_source: where ``mu`` came from: :data:`MU_FROM_BATCH` (the batch alone: no caller said which groups
+            were generated outside it) or :data:`MU_FROM_GENERATED` (the batch plus the groups generated for the
+            step but left out of it, handed in by the trainer).
+        groups_outside_batch: number of such groups counted in ``mu``.
         suppression: factor ``min(1, mu / alpha)`` applied to positive advantages (1.0 when off).
+        options: the options the estimator ran with.
     """
 
     advantages: torch.Tensor
@@ -72,7 +85,10 @@ class AgraeResult:
     valid: torch.Tensor
     mu: float
     mu_batch: float
+    mu_source: str
+    groups_outside_batch: int
     suppression: float
+    options: AgraeConfig
 
 
 def group_ids_from_index(index: Any, batch_size: int) -> tuple[torch.Tensor, int]:
@@ -161,23 +177,32 @@ def valid_rows(response_mask: torch.Tensor) -> torch.Tensor:
 
 
 def success_from_rewards(
-    rewards: torch.Tensor, valid: torch.Tensor, success_threshold: float | None = None
+    rewards: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    success_threshold: float | None = None,
+    what: str = "outcome reward",
 ) -> torch.Tensor:
-    """Per-response success ``s_i`` (spec, Notation).
+    """Per-response success ``s_i`` (spec, Notation): the one success rule of the project.
+
+    Used for the batch's rows (the estimator), for the groups dynamic sampling dropped (their shared filter value,
+    by the trainer) and for diagnostics, so the three can never disagree at an edge.
 
     Args:
-        rewards: ``(bs,)`` outcome rewards ``r_i``.
-        valid: ``(bs,)`` bool, rows that count.
+        rewards: ``(n,)`` outcome rewards ``r_i`` (or shared per-group values).
+        valid: ``(n,)`` bool, rows that count; None: all.
         success_threshold: when given, ``s_i = 1[r_i > threshold]``; otherwise ``s_i = r_i``, which
-            requires every valid reward to lie in [0, 1].
+            requires every valid reward to lie in [0, 1] (up to a 1e-6 rounding tolerance, then clamped).
+        what: what ``rewards`` are, for the error message.
 
     Returns:
-        ``(bs,)`` float success in [0, 1], 0 on invalid rows.
+        ``(n,)`` float success in [0, 1], 0 on invalid rows.
 
     Raises:
         ValueError: rewards outside [0, 1] with no threshold (DAPO's +-1 scores, overlong penalties,
             KL in the reward): the success rate would be meaningless and ``sqrt(p)`` undefined.
     """
+    if valid is None:
+        valid = torch.ones(rewards.shape[0], dtype=torch.bool)
     if success_threshold is not None:
         s = (rewards > success_threshold).to(rewards.dtype)
     else:
@@ -187,7 +212,7 @@ def success_from_rewards(
         if bool(outside.any()):
             bad = int(torch.nonzero(outside)[0])
             raise ValueError(
-                f"A-GRAE: outcome reward {rewards[bad].item():.6g} of row {bad} is outside [0, 1], so it is not a "
+                f"A-GRAE: {what} {rewards[bad].item():.6g} of row {bad} is outside [0, 1], so it is not a "
                 "success rate; set algorithm.agrae.success_threshold (e.g. 0.0 for DAPO's +1/-1 scores)"
             )
         s = rewards.clamp(min=0.0, max=1.0)
@@ -215,8 +240,8 @@ def grae_advantage(
     group_ids: torch.Tensor,
     valid: torch.Tensor,
     num_groups: int,
-    norm_adv_by_std: bool = True,
-    epsilon: float = 1e-6,
+    norm_adv_by_std: bool,
+    epsilon: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO's group-relative advantage ``A_hat`` (spec step 1), padding-aware.
 
@@ -256,7 +281,7 @@ def grae_advantage(
     return adv, size
 
 
-def difficulty_weight(p: torch.Tensor, mu: float, epsilon: float = 1e-6) -> torch.Tensor:
+def difficulty_weight(p: torch.Tensor, mu: float, epsilon: float) -> torch.Tensor:
     """Dynamic difficulty attention shift ``w(p, mu)`` (spec step 2).
 
     ``w = (1 - mu) * 0.5 / (1 - sqrt(p) + eps) + mu * 0.5 / (sqrt(p) + eps)``: the first term grows
@@ -274,26 +299,50 @@ def difficulty_weight(p: torch.Tensor, mu: float, epsilon: float = 1e-6) -> torc
     return (1.0 - mu) * 0.5 / (1.0 - sp + epsilon) + mu * 0.5 / (sp + epsilon)
 
 
-def suppression_factor(mu: float, alpha: float) -> float:
-    """Asymmetric suppression factor ``min(1, mu / alpha)`` for positive advantages (spec step 3)."""
-    if alpha <= 0:
-        raise ValueError(f"A-GRAE: alpha must be > 0, got {alpha}")
-    return min(1.0, mu / alpha)
+def agrae_terms(
+    base: torch.Tensor, group_success: torch.Tensor, group_size: torch.Tensor, mu: float, config: AgraeConfig
+) -> tuple[torch.Tensor, float]:
+    """A-GRAE's two terms (spec steps 2 and 3) applied to GRAE advantages for a given ``mu``.
+
+    Args:
+        base: ``(bs,)`` GRAE advantages (0 on padding rows).
+        group_success: ``(bs,)`` success rate ``p`` of each row's group.
+        group_size: ``(bs,)`` valid size of each row's group.
+        mu: batch mean success rate in [0, 1].
+        config: the options (``difficulty_shift``, ``suppress_correct``, ``alpha``, ``epsilon``).
+
+    Returns:
+        ``(advantages, suppression)``: ``(bs,)`` advantages and the factor applied to positive ones (1.0 when
+        ``suppress_correct`` is off). The one place ``min(1, mu / alpha)`` is computed.
+
+    Raises:
+        ValueError: ``mu`` outside [0, 1].
+    """
+    if not (0.0 <= mu <= 1.0):
+        raise ValueError(f"A-GRAE: mu must lie in [0, 1], got {mu}")
+    adv = base
+    if config.difficulty_shift:
+        w = difficulty_weight(group_success, mu, config.epsilon)
+        # Exempt (w = 1): singletons (spec: one response says nothing about difficulty) and groups whose success
+        # rate is 0 or 1, where w ~ 0.5 / eps = 5e5. The spec only meets the latter with constant rewards (A = 0);
+        # with a success_threshold, rewards can still differ inside an all-success or all-failure group (DAPO's
+        # overlong penalty, KL in the reward) and w would blow those differences up by 5e5.
+        shifted = (group_size >= 2) & (group_success > 0) & (group_success < 1)
+        adv = torch.where(shifted, w * adv, adv)
+    factor = min(1.0, mu / config.alpha) if config.suppress_correct else 1.0
+    if config.suppress_correct:
+        adv = torch.where(adv > 0, adv * factor, adv)
+    return adv, factor
 
 
 def agrae_sequence_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: Any,
+    config: AgraeConfig | None = None,
     *,
-    alpha: float = 1.0,
-    norm_adv_by_std: bool = True,
-    difficulty_shift: bool = True,
-    suppress_correct: bool = True,
-    epsilon: float = 1e-6,
-    success_threshold: float | None = None,
-    mu: float | None = None,
     extra_group_success: Sequence[float] | torch.Tensor | None = None,
+    **options: Any,
 ) -> AgraeResult:
     """A-GRAE sequence-level advantages with all intermediate quantities (spec steps 1-3).
 
@@ -301,24 +350,22 @@ def agrae_sequence_advantage(
         token_level_rewards: ``(bs, L)`` rewards; the outcome reward is their sum over tokens.
         response_mask: ``(bs, L)`` 1 on response tokens; all-zero rows are padding.
         index: ``(bs,)`` group labels (numpy array of uid strings as verl passes, or ints).
-        alpha: suppression threshold ``alpha > 0``; positives are scaled by ``min(1, mu / alpha)``.
-        norm_adv_by_std: GRPO's std normalisation (False for Dr.GRPO).
-        difficulty_shift: apply ``w(p, mu)`` (spec step 2).
-        suppress_correct: apply the asymmetric suppression (spec step 3).
-        epsilon: numerical epsilon of steps 1 and 2.
-        success_threshold: success is ``r > threshold`` when given; else rewards must be in [0, 1].
-        mu: batch mean success rate to use instead of this batch's own.
+        config: the options (:class:`~verl_agrae.config.AgraeConfig`, whose defaults are the only ones).
         extra_group_success: success rates ``p`` of groups generated for this step but absent from the batch
             (DAPO's dynamic sampling drops the groups with ``p`` in {0, 1}); they count in ``mu`` only, so
-            ``mu`` is the mean over all generated groups. Exclusive with ``mu``.
+            ``mu`` is the mean over all generated groups. ``None``: ``mu`` is the batch's own.
+        **options: :class:`~verl_agrae.config.AgraeConfig` fields overriding ``config`` (``alpha=0.5``, ...).
 
     Returns:
-        An :class:`AgraeResult`.
+        An :class:`AgraeResult` (with the options it used and where ``mu`` came from).
 
     Raises:
-        ValueError: on shape mismatches, non-finite rewards, rewards outside [0, 1] without a
-            threshold, ``alpha <= 0`` or ``mu`` outside [0, 1].
+        ValueError: on shape mismatches, non-finite rewards, rewards outside [0, 1] without a threshold, or
+            invalid options.
     """
+    config = config or AgraeConfig()
+    if options:
+        config = dataclasses.replace(config, **options)
     if token_level_rewards.dim() != 2:
         raise ValueError(f"token_level_rewards must be (bs, L); got shape {tuple(token_level_rewards.shape)}")
     if response_mask.shape != token_level_rewards.shape:
@@ -326,12 +373,6 @@ def agrae_sequence_advantage(
             f"response_mask shape {tuple(response_mask.shape)} does not match token_level_rewards shape "
             f"{tuple(token_level_rewards.shape)}"
         )
-    if alpha <= 0:
-        raise ValueError(f"A-GRAE: alpha must be > 0, got {alpha}")
-    if mu is not None and not (0.0 <= mu <= 1.0):
-        raise ValueError(f"A-GRAE: a supplied mu must lie in [0, 1], got {mu}")
-    if mu is not None and extra_group_success is not None:
-        raise ValueError("A-GRAE: pass either mu or extra_group_success, not both")
     bs = token_level_rewards.shape[0]
     # All statistics in float32 or wider (bf16 rewards would round the group means), on CPU: the trainer hands
     # us CPU tensors already. to_token_level's multiply brings the result back to the caller's device.
@@ -344,35 +385,22 @@ def agrae_sequence_advantage(
     rewards = torch.where(valid, rewards, torch.zeros_like(rewards))
     group_ids, num_groups = group_ids_from_index(index, bs)
 
-    base, size = grae_advantage(rewards, group_ids, valid, num_groups, norm_adv_by_std, epsilon)
-    success = success_from_rewards(rewards, valid, success_threshold)
+    base, size = grae_advantage(rewards, group_ids, valid, num_groups, config.norm_adv_by_std_in_grpo, config.epsilon)
+    success = success_from_rewards(rewards, valid, config.success_threshold)
     count, p_group, _ = group_mean_std(success, group_ids, valid, num_groups)
     batch_mu = batch_mean_success(p_group, count)
-    if mu is not None:
-        used_mu = float(mu)
-    elif extra_group_success is not None:
+    if extra_group_success is None:
+        used_mu, source = batch_mu, MU_FROM_BATCH
+    else:
         extra = torch.as_tensor(extra_group_success, dtype=torch.float64).reshape(-1)
         if bool(((extra < 0) | (extra > 1) | ~torch.isfinite(extra)).any()):
             raise ValueError("A-GRAE: extra_group_success values must be success rates in [0, 1]")
         n_batch = int((count > 0).sum())
         total = n_batch + extra.numel()
         used_mu = (batch_mu * n_batch + float(extra.sum())) / total if total else 0.0
-    else:
-        used_mu = batch_mu
+        source = MU_FROM_GENERATED
     p_row = torch.where(valid, p_group[group_ids], torch.zeros_like(rewards))
-
-    adv = base
-    if difficulty_shift:
-        w = difficulty_weight(p_row, used_mu, epsilon)
-        # Exempt (w = 1): singletons (spec: one response says nothing about difficulty) and groups whose success
-        # rate is 0 or 1, where w ~ 0.5 / eps = 5e5. The spec only meets the latter with constant rewards (A = 0);
-        # with a success_threshold, rewards can still differ inside an all-success or all-failure group (DAPO's
-        # overlong penalty, KL in the reward) and w would blow those differences up by 5e5.
-        shifted = (size >= 2) & (p_row > 0) & (p_row < 1)
-        adv = torch.where(shifted, w * adv, adv)
-    factor = suppression_factor(used_mu, alpha) if suppress_correct else 1.0
-    if suppress_correct:
-        adv = torch.where(adv > 0, adv * factor, adv)
+    adv, factor = agrae_terms(base, p_row, size, used_mu, config)
     adv = torch.where(valid, adv, torch.zeros_like(adv))
     return AgraeResult(
         advantages=adv,
@@ -384,7 +412,10 @@ def agrae_sequence_advantage(
         valid=valid,
         mu=used_mu,
         mu_batch=batch_mu,
+        mu_source=source,
+        groups_outside_batch=0 if extra_group_success is None else int(extra.numel()),
         suppression=factor,
+        options=config,
     )
 
 
@@ -393,15 +424,10 @@ def compute_agrae_outcome_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: np.ndarray | Sequence[Any] | torch.Tensor,
+    config: AgraeConfig | None = None,
     *,
-    alpha: float = 1.0,
-    norm_adv_by_std: bool = True,
-    difficulty_shift: bool = True,
-    suppress_correct: bool = True,
-    epsilon: float = 1e-6,
-    success_threshold: float | None = None,
-    mu: float | None = None,
     extra_group_success: Sequence[float] | torch.Tensor | None = None,
+    **options: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-level A-GRAE advantages, verl's estimator contract (spec step 4).
 
@@ -409,25 +435,14 @@ def compute_agrae_outcome_advantage(
         token_level_rewards: ``(bs, L)``.
         response_mask: ``(bs, L)``.
         index: ``(bs,)`` group labels.
-        alpha, norm_adv_by_std, difficulty_shift, suppress_correct, epsilon, success_threshold, mu,
-            extra_group_success: see :func:`agrae_sequence_advantage`.
+        config, extra_group_success, options: see :func:`agrae_sequence_advantage`.
 
     Returns:
         ``(advantages, returns)``, both ``(bs, L)`` on the device and dtype of ``token_level_rewards``
         (float32 if it is not floating point); ``returns`` equals ``advantages`` as in verl's GRPO.
     """
     result = agrae_sequence_advantage(
-        token_level_rewards,
-        response_mask,
-        index,
-        alpha=alpha,
-        norm_adv_by_std=norm_adv_by_std,
-        difficulty_shift=difficulty_shift,
-        suppress_correct=suppress_correct,
-        epsilon=epsilon,
-        success_threshold=success_threshold,
-        mu=mu,
-        extra_group_success=extra_group_success,
+        token_level_rewards, response_mask, index, config, extra_group_success=extra_group_success, **options
     )
     adv = to_token_level(result.advantages, response_mask)
     return adv, adv

@@ -1,16 +1,8 @@
 """A-GRAE options: one documented, validated dataclass read from verl's ``algorithm.agrae`` node.
 
-Every option, why it exists and where it comes from::
-
-    algorithm:
-      adv_estimator: agrae
-      norm_adv_by_std_in_grpo: true   # verl's own key (GRPO std normalisation; false = Dr.GRPO), read as verl does
-      agrae:
-        alpha: 1.0                 # suppression threshold: positives scaled by min(1, mu / alpha)
-        difficulty_shift: true     # spec step 2, w(p, mu)
-        suppress_correct: true     # spec step 3, min(1, mu / alpha)
-        epsilon: 1.0e-6            # spec: denominators of steps 1 and 2
-        success_threshold: null    # success = 1[r > threshold] for rewards outside [0, 1] (DAPO +-1: 0.0)
+:class:`AgraeConfig` is the one place every option is defined, defaulted, documented and validated; the
+packaged YAML (``trainer/config/agrae.yaml``) declares the same keys with the same values (a test holds it to
+the dataclass) and nothing else in the code restates a default. The method itself is in ``docs/agrae.md``.
 
 verl does not declare ``algorithm.agrae`` in its schema, so on the command line new keys need a ``+``
 (``+algorithm.agrae.alpha=0.5``) unless a packaged config declares them.
@@ -94,12 +86,6 @@ class AgraeConfig:
                 f"unknown key(s) under algorithm.agrae: {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
             )
         return cls(norm_adv_by_std_in_grpo=norm, **options)
-
-    def estimator_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`verl_agrae.advantage.compute_agrae_outcome_advantage`."""
-        d = dataclasses.asdict(self)
-        d["norm_adv_by_std"] = d.pop("norm_adv_by_std_in_grpo")
-        return d
 
 
 def reward_scheme_problem(config: Any) -> str | None:

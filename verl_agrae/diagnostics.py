@@ -3,7 +3,7 @@
 Pure functions of sequence-level tensors, so they describe any estimator's advantages (A-GRAE, or GRPO
 for comparison). Keys (all prefixed ``agrae/``):
 
-- ``mu``: mean success rate the estimator used; ``suppression``: ``min(1, mu / alpha)`` (when ``alpha`` is given);
+- ``mu``: mean success rate the estimator used; ``suppression``: the factor it applied to positive advantages;
 - ``adv_pos_sum`` / ``adv_neg_sum``: summed positive advantage and summed |negative| advantage over valid rows;
 - ``pos_to_neg_ratio``: ``adv_pos_sum / adv_neg_sum`` (1.0 for GRPO-like symmetric batches; below 1 while
   A-GRAE suppresses correct responses); 1.0 when both sums are 0, capped at 1e6 when only the negative
@@ -35,7 +35,7 @@ def batch_diagnostics(
     valid: torch.Tensor,
     *,
     mu: float | None = None,
-    alpha: float | None = None,
+    suppression: float | None = None,
     num_bins: int = 4,
 ) -> dict[str, float]:
     """Diagnostics of one batch.
@@ -46,7 +46,8 @@ def batch_diagnostics(
         group_ids: ``(bs,)`` int64 dense group ids.
         valid: ``(bs,)`` bool, non-padding rows.
         mu: the batch mean success rate the estimator used; computed from ``success`` when None.
-        alpha: A-GRAE's suppression threshold; adds ``agrae/suppression`` when given.
+        suppression: the suppression factor the estimator applied (reported as ``agrae/suppression`` when given;
+            never recomputed here).
         num_bins: number of equal-width success-rate bins for the ``abs_adv_p*`` keys.
 
     Returns:
@@ -86,8 +87,8 @@ def batch_diagnostics(
         "groups_all_failed": float((p == 0).sum()) / n_groups,
         "groups_mixed": float(((p > 0) & (p < 1)).sum()) / n_groups,
     }
-    if alpha is not None:
-        out["suppression"] = min(1.0, float(mu) / alpha)
+    if suppression is not None:
+        out["suppression"] = float(suppression)
 
     # Success-rate bins of each valid row's group: bin b covers [b/B, (b+1)/B), the last bin includes 1.
     p_row = p_group[group_ids]
@@ -101,7 +102,7 @@ def batch_diagnostics(
     return {PREFIX + k: v for k, v in out.items()}
 
 
-def diagnostics_from_result(result: AgraeResult, alpha: float | None = None, num_bins: int = 4) -> dict[str, float]:
+def diagnostics_from_result(result: AgraeResult, num_bins: int = 4) -> dict[str, float]:
     """:func:`batch_diagnostics` of an :class:`~verl_agrae.advantage.AgraeResult`, with the mu it used.
 
     Also reports ``agrae/mu_batch`` (the batch's own mean success rate; differs from ``agrae/mu`` when groups
@@ -114,11 +115,9 @@ def diagnostics_from_result(result: AgraeResult, alpha: float | None = None, num
         result.group_ids,
         result.valid,
         mu=result.mu,
-        alpha=alpha,
+        suppression=result.suppression,
         num_bins=num_bins,
     )
-    # The factor actually applied (1.0 when suppress_correct is off), not min(1, mu / alpha) recomputed.
-    out[PREFIX + "suppression"] = float(result.suppression)
     out[PREFIX + "mu_batch"] = float(result.mu_batch)
     base = result.base_advantages[result.valid].abs()
     out[PREFIX + "base_adv_abs_mean"] = float(base.mean()) if base.numel() else 0.0

@@ -50,14 +50,14 @@ except Exception as e:
     out["error"] = f"{type(e).__name__}: {e}"
 if out["agrae"] is None and "error" not in out:
     try:
-        from verl_agrae.register import ensure_registered
+        from verl_agrae.integration.estimator import ensure_registered
         ensure_registered()
     except Exception as e:
         out["error"] = str(e)
 print(json.dumps(out))
 """
 
-EXPECTED_ESTIMATOR = "verl_agrae.register.agrae_advantage_estimator"
+EXPECTED_ESTIMATOR = "verl_agrae.integration.estimator.agrae_advantage_estimator"
 
 
 def probe_here(timeout: float = 300.0) -> dict:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from verl_agrae.data.rl_parquet import PROMPT_SUFFIX, DatasetFormatError, make_rl_row, write_rl_parquet
 from verl_agrae.data.sources import Record, file_columns, iter_file_records, list_source_files
+from verl_agrae.reward.extract import last_boxed, strip_answer
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ _QUESTION_ALIASES = ("problem", "question", "prompt", "query", "input")
 _ANSWER_ALIASES = ("answer", "final_answer", "expected_answer", "ground_truth", "target")
 _IMAGE_ALIASES = ("images", "image")
 _BOXED = re.compile(r"\\(?:boxed|fbox)")
-_BOXED_PREFIX = re.compile(r"^\\(?:boxed|fbox)\s*\{(.*)\}$|^\\boxed (.*)$", re.DOTALL)
 # DAPO-Math-17k wraps every problem in this template; the converter keeps only the problem.
 _DAPO_HEAD = re.compile(r"^Solve the following math problem step by step\..*?\n\n", re.DOTALL)
 _DAPO_TAIL = re.compile(r"\n\nRemember to put your answer on its own line after \"Answer:\"\.?\s*$")
@@ -53,25 +53,13 @@ _DAPO_TAIL = re.compile(r"\n\nRemember to put your answer on its own line after 
 def last_boxed_answer(text: str) -> str | None:
     """Content of the last well-formed ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, or ``None``.
 
-    Uses the reward module's ``last_boxed`` (the same code that extracts graded predictions) when it is
-    installed, otherwise verl's MATH helper. Unlike the reward's ``extract_answer`` there is no fallback to
-    "The answer is ...": a reference answer must be boxed.
+    Uses the reward module's ``last_boxed`` (the same code that extracts graded predictions). Unlike the
+    reward's ``extract_answer`` there is no fallback to "The answer is ...": a reference answer must be boxed.
     """
     if not _BOXED.search(text):
         return None
-    try:
-        from verl_agrae.reward.extract import last_boxed, strip_answer
-    except ImportError:
-        last_boxed = strip_answer = None
-    if last_boxed is not None:
-        answer = last_boxed(text)
-        answer = strip_answer(answer) if answer is not None else None
-    else:
-        from verl.utils.reward_score.math_reward import last_boxed_only_string
-
-        boxed = last_boxed_only_string(text)
-        match = _BOXED_PREFIX.match(boxed) if boxed else None
-        answer = next((g for g in match.groups() if g is not None), None) if match else None
+    answer = last_boxed(text)
+    answer = strip_answer(answer) if answer is not None else None
     return answer.strip() if answer else None
 
 

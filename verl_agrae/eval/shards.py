@@ -1,10 +1,10 @@
 """Sharded, atomically written JSONL outputs: what makes a killed sweep resumable.
 
-A shard holds every record of one problem range ``[start, end)``. It is written to a temporary file
-in the same directory and moved into place with ``os.replace``, so a shard file either exists
-complete or not at all. A rerun skips the shards that exist and redoes the others; temporary files
-left by a killed run are deleted. A ``meta.json`` fingerprint refuses to mix shards produced under
-different settings.
+A shard holds every record of one problem range ``[start, end)``. It is written with
+:func:`verl_agrae.atomic.atomic_write_text` (a temporary file in the same directory, then ``os.replace``),
+so a shard file either exists complete or not at all. A rerun skips the shards that exist and redoes
+the others; temporary files left by a killed run are deleted. A ``meta.json`` fingerprint refuses to
+mix shards produced under different settings.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from verl_agrae.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +36,8 @@ def shard_name(start: int, end: int) -> str:
     return f"shard_{start:06d}_{end:06d}.jsonl"
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
-
-
 def write_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> Path:
-    """Write records as JSON Lines atomically (see :func:`atomic_write_text`)."""
+    """Write records as JSON Lines atomically (see :func:`verl_agrae.atomic.atomic_write_text`)."""
     text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
     return atomic_write_text(path, text)
 

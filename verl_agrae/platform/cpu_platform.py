@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from verl.plugin.platform import PlatformBase, PlatformRegistry
+from verl.plugin.platform import PlatformBase
 
 from verl_agrae.platform import device_module
 
@@ -112,10 +112,3 @@ class PlatformCPU(PlatformBase):
 
     def cudart(self) -> Any:
         return None
-
-
-def register_cpu_platform() -> type[PlatformCPU]:
-    """Register :class:`PlatformCPU` with verl's ``PlatformRegistry`` under ``"cpu"`` (idempotent)."""
-    if PlatformRegistry.get(PLATFORM_NAME) is not PlatformCPU:
-        PlatformRegistry.register(platform=PLATFORM_NAME)(PlatformCPU)
-    return PlatformCPU

@@ -76,6 +76,11 @@ class RequestBatcher:
         self._abort = threading.Event()
         self._idle: asyncio.Event | None = None
         self._num_running = 0
+        self.decoding = asyncio.Event()
+        """Set once the running batch has finished its first decoding step, i.e. every sequence in it holds at
+        least one token; cleared when the batch ends. Lets callers (tests, monitoring) wait for "decoding has
+        started" instead of sleeping. Needs a ``run_batch`` that polls ``should_abort`` before each step, as
+        :meth:`HFGenerator.generate` does."""
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
@@ -135,13 +140,26 @@ class RequestBatcher:
             return
         self._idle.clear()
         self._num_running = len(live)
+        loop = asyncio.get_running_loop()
+        polls = 0
+
+        def should_abort() -> bool:
+            # Runs on the compute thread. The generator polls before every step, so the second poll comes right
+            # after the first step: report it to the event loop, once per batch (call_soon_threadsafe is FIFO,
+            # so the set lands before this batch's result and the clear below).
+            nonlocal polls
+            polls += 1
+            if polls == 2:
+                loop.call_soon_threadsafe(self.decoding.set)
+            return self._abort.is_set()
+
         try:
             async with self.lock:
                 self.stats.num_batches += 1
                 self.stats.batch_sizes.append(sum(p.request.options.n for p in live))
                 start = time.perf_counter()
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_batch, [p.request for p in live], self._abort.is_set
+                results = await loop.run_in_executor(
+                    self._executor, self._run_batch, [p.request for p in live], should_abort
                 )
                 elapsed = time.perf_counter() - start
                 self.stats.decode_seconds += elapsed
@@ -159,6 +177,7 @@ class RequestBatcher:
                     p.future.set_result(res)
         finally:
             self._num_running = 0
+            self.decoding.clear()
             self._idle.set()
 
     async def abort_all(self) -> int:

@@ -2,10 +2,10 @@
 
     python -m verl_agrae.rollout.selfcheck [--device auto] [--json out.json]
 
-Builds a random Llama-style model in memory (no downloads, no tokenizer), then checks on the device:
-batched greedy decoding equals one-at-a-time decoding; returned log-probs equal a direct forward pass of
-the model (fp32); seeded sampling is reproducible inside a batch; and times 32 responses one at a time vs
-batched. Only torch and transformers are needed (no verl, no Ray), so it also runs on machines where verl
+Builds a random Llama-style model in memory with :func:`verl_agrae.testing.tiny_model.tiny_llama`
+(no downloads, no tokenizer), then checks on the device: batched greedy decoding equals one-at-a-time
+decoding; returned log-probs equal a direct forward pass of the model (fp32); seeded sampling is
+reproducible inside a batch; and times 32 responses one at a time vs batched. Only torch and transformers are needed (no verl, no Ray), so it also runs on machines where verl
 is not installed. Exits non-zero when a check fails.
 """
 
@@ -26,24 +26,22 @@ from verl_agrae.rollout.sampling import SamplingOptions
 
 
 def _model(device: torch.device, hidden: int, layers: int, vocab: int, seed: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from verl_agrae.testing.tiny_model import tiny_llama
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
+    model = tiny_llama(
+        vocab,
+        hidden,
+        layers,
+        2048,
+        seed=seed,
+        # Larger weights than the default init, so greedy text is not one repeated token.
+        std=2.0 / hidden**0.5,
         intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
         num_attention_heads=max(1, hidden // 64),
         num_key_value_heads=max(1, hidden // 128),
-        max_position_embeddings=2048,
+        tie_word_embeddings=False,
         attn_implementation="sdpa",
     )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # larger weights than the default init, so greedy text is not one repeated token
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 2.0 / hidden**0.5)
     return model.to(device=device, dtype=torch.float32).eval()
 
 

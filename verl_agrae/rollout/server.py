@@ -118,6 +118,7 @@ class HFRolloutServer:
         self._rejecting = False
         self._resume_event = asyncio.Event()
         self._resume_event.set()
+        self._num_parked = 0  # requests waiting at the closed gate (get_stats()["num_parked"])
         self._weights_received: set[str] = set()
         # rollout.full_determinism: unseeded sampled requests get a seed from their content (_content_seed).
         self._deterministic = bool(getattr(self.config, "full_determinism", False))
@@ -279,7 +280,11 @@ class HFRolloutServer:
         while self._paused:
             if self._rejecting:
                 return False
-            await self._resume_event.wait()
+            self._num_parked += 1
+            try:
+                await self._resume_event.wait()
+            finally:  # also when the caller is cancelled while parked
+                self._num_parked -= 1
         return True
 
     async def _ensure_awake(self) -> None:
@@ -361,7 +366,8 @@ class HFRolloutServer:
         )
 
     def get_stats(self) -> dict[str, Any]:
-        """Batching counters: requests served, ``generate`` calls made and the size of each batch."""
+        """Batching counters: requests served, ``generate`` calls made and the size of each batch, plus
+        ``num_parked``, the requests now held by :meth:`abort_all_requests` until :meth:`resume_generation`."""
         stats = self.batcher.stats if self.batcher is not None else None
         return {
             "num_requests": stats.num_requests if stats else 0,
@@ -372,6 +378,7 @@ class HFRolloutServer:
             "dtype": str(self.dtype).replace("torch.", ""),
             "global_steps": self.global_steps,
             "num_threads": self._num_threads,
+            "num_parked": self._num_parked,
         }
 
     # ------------------------------------------------------------------ weights

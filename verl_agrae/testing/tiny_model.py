@@ -4,6 +4,10 @@ Tests, benchmarks and CPU smoke runs need a real Hugging Face model directory th
 rollout and the evaluator can load like any checkpoint. This builds one in about a second: a
 Llama-architecture model with ~100k parameters and a byte-level BPE tokenizer (newline is a single
 token, which verl's chat-template handling requires) with a ChatML chat template.
+
+This is the package's one tiny-model builder: :func:`tiny_llama` makes the in-memory model (the rollout
+self-check uses it directly, without a tokenizer), :func:`build_tiny_model` adds the tokenizer and saves a
+directory, and ``std=...`` gives either one "lively" weights (see :func:`tiny_llama`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
+
+__all__ = ["CHATML_TEMPLATE", "SPECIAL_TOKENS", "build_tiny_model", "make_lively_model", "tiny_llama"]
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -34,6 +44,64 @@ def _corpus(seed: int, lines: int = 2000) -> list[str]:
     return out
 
 
+def tiny_llama(
+    vocab_size: int,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    max_position_embeddings: int = 1024,
+    *,
+    seed: int = 0,
+    std: float | None = None,
+    **config: Any,
+) -> LlamaForCausalLM:
+    """A random-init Llama-architecture causal LM in memory (fp32, CPU, train mode as built).
+
+    Args:
+        vocab_size: vocabulary size.
+        hidden_size: model width.
+        num_layers: number of decoder layers.
+        max_position_embeddings: longest sequence the model accepts.
+        seed: seeds the initialisation (and the redraw when ``std`` is given).
+        std: None keeps transformers' default init. A value redraws every weight matrix from
+            N(0, std^2) ("lively" weights): the default init gives near-uniform logits whose greedy
+            continuation just repeats the last token, which would make "batched equals one-at-a-time"
+            checks trivially true. The redraw walks parameters in name order with its own generator, so
+            it does not depend on how the model was created (built here or loaded from disk).
+        **config: other ``LlamaConfig`` fields; defaults: ``intermediate_size=2*hidden_size``, 4 attention
+            heads, 2 KV heads, tied embeddings.
+
+    Returns:
+        The model.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    settings: dict[str, Any] = {
+        "intermediate_size": 2 * hidden_size,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
+        **config,
+    }
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            max_position_embeddings=max_position_embeddings,
+            **settings,
+        )
+    )
+    if std is not None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for _, p in sorted(model.named_parameters()):
+                if p.dim() >= 2:
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
 def build_tiny_model(
     path: str | Path,
     seed: int = 0,
@@ -41,6 +109,7 @@ def build_tiny_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     max_position_embeddings: int = 1024,
+    std: float | None = None,
 ) -> Path:
     """Create (or reuse) a tiny Llama-style model + tokenizer directory at ``path``.
 
@@ -51,22 +120,25 @@ def build_tiny_model(
         hidden_size: model width.
         num_layers: number of decoder layers.
         max_position_embeddings: longest sequence the model accepts.
+        std: None: transformers' default init; else "lively" weights drawn from N(0, std^2)
+            (see :func:`tiny_llama`; the ``hf`` rollout tests use 0.5).
 
     Returns:
         ``Path`` of the model directory (``AutoModelForCausalLM`` / ``AutoTokenizer`` loadable).
     """
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     out = Path(path)
-    spec = {
+    spec: dict[str, Any] = {
         "seed": seed,
         "vocab_size": vocab_size,
         "hidden_size": hidden_size,
         "num_layers": num_layers,
         "max_position_embeddings": max_position_embeddings,
     }
+    if std is not None:  # absent for default-init models, so markers written before `std` existed still match
+        spec["std"] = std
     marker = out / _MARKER
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return out
@@ -91,24 +163,41 @@ def build_tiny_model(
     hf_tok.chat_template = CHATML_TEMPLATE
     hf_tok.save_pretrained(out)
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(hf_tok),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
+    model = tiny_llama(
+        len(hf_tok),
+        hidden_size,
+        num_layers,
+        max_position_embeddings,
+        seed=seed,
+        std=std,
         bos_token_id=None,
         eos_token_id=hf_tok.eos_token_id,
         pad_token_id=hf_tok.pad_token_id,
         torch_dtype="float32",
     )
-    model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = hf_tok.eos_token_id
     model.generation_config.pad_token_id = hf_tok.pad_token_id
     model.save_pretrained(out)
     marker.write_text(json.dumps(spec))
     return out
+
+
+def make_lively_model(src: str | Path, dst: str | Path, std: float = 0.5) -> Path:
+    """The "lively" twin of a :func:`build_tiny_model` directory: same arguments, weights from N(0, std^2).
+
+    Args:
+        src: a directory made by :func:`build_tiny_model` (its arguments are read from the marker file).
+        dst: output directory.
+        std: standard deviation of the weights.
+
+    Returns:
+        ``Path`` of ``dst``.
+
+    Raises:
+        ValueError: ``src`` was not made by :func:`build_tiny_model`.
+    """
+    marker = Path(src) / _MARKER
+    if not marker.is_file():
+        raise ValueError(f"{src} was not built by build_tiny_model (no {_MARKER})")
+    spec = {k: v for k, v in json.loads(marker.read_text()).items() if k != "std"}
+    return build_tiny_model(dst, **spec, std=std)

@@ -1,7 +1,7 @@
 """Everything a CPU run of verl needs in its config and environment, applied when the config asks for CPU.
 
 The user asks for the CPU with ``trainer.device=cpu`` (the packaged ``cpu_*`` configs do) or by exporting
-``VERL_PLATFORM=cpu``. Then, following ``shared/docs/verl-cpu.md`` (row numbers below):
+``VERL_PLATFORM=cpu``. Then, following the table in ``docs/cpu.md`` (row numbers below):
 
 - *required* settings (verl cannot run on the CPU otherwise) are forced; a command-line override that
   contradicts one is refused with the reason;
@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from verl_agrae.platform import CPU_PLATFORM_ENV
+from verl_agrae.integration.backends import CPU_PLATFORM_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -90,24 +90,17 @@ def _divisor_at_most(n: int, limit: int) -> int:
     return 1
 
 
-def cpu_worker_env(extra_modules: Iterable[str] = ()) -> dict[str, str]:
+def cpu_worker_env() -> dict[str, str]:
     """Environment every verl process needs on the CPU (exported here and through Ray's runtime_env).
 
-    Args:
-        extra_modules: modules for verl's ``VERL_USE_EXTERNAL_MODULES`` besides our platform hook.
+    Our platform itself reaches every process through the ``verl.plugins`` entry point
+    (:mod:`verl_agrae.integration.entry`); ``VERL_PLATFORM=cpu`` tells it to activate.
     """
-    modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-    for m in ("verl_agrae.platform.plugin", *extra_modules):
-        if m not in modules:
-            modules.append(m)
     cores = os.cpu_count() or 1
     return {
         **CPU_PLATFORM_ENV,
         # verl's FSDP engine is registered for cuda/npu; verl's own override of the lookup device (row 6).
         "VERL_ENGINE_DEVICE": "cuda",
-        # The platform hook also runs through our verl.plugins entry point; this is the belt to its braces
-        # (verl imports these modules in every process before entry points, and raises if one fails).
-        "VERL_USE_EXTERNAL_MODULES": ",".join(modules),
         # Ray sets OMP_NUM_THREADS=1 in actors without whole CPUs; generation and training take turns on the
         # machine, so each may use every core.
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(cores)),
@@ -204,11 +197,9 @@ def apply_cpu_settings(
     mode = str(OmegaConf.select(config, "trainer.v1.trainer_mode", default="") or "")
     if mode.endswith("separate_async"):
         # Rollout on its own pool: weights travel through a checkpoint engine, and every engine verl ships
-        # needs GPUs or RDMA; ours sends them over a gloo group (verl_agrae/platform/checkpoint_engine.py).
+        # needs GPUs or RDMA; ours sends them over a gloo group (verl_agrae/checkpoint_engine/gloo.py), registered
+        # by our entry point in every process.
         default("actor_rollout_ref.rollout.checkpoint_engine.backend", "gloo")
-        default(
-            "actor_rollout_ref.rollout.checkpoint_engine.custom_backend_module", "verl_agrae.platform.checkpoint_engine"
-        )
         default("actor_rollout_ref.rollout.nnodes", 1)
         default("actor_rollout_ref.rollout.n_gpus_per_node", 1)
     if not logical_gpus:  # a standalone rollout pool and a reference pool need logical GPUs of their own

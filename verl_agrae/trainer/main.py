@@ -91,7 +91,7 @@ def _user_set(key: str, overrides: list[str]) -> bool:
 
 
 def _resolve_model(config: DictConfig) -> None:
-    from verl_agrae.trainer.demo_model import DEMO_MODEL_URI, DemoModelMissing, ensure_demo_model
+    from verl_agrae.demo_model import DEMO_MODEL_URI, DemoModelMissing, ensure_demo_model
 
     path = str(OmegaConf.select(config, "actor_rollout_ref.model.path", default=""))
     if path == DEMO_MODEL_URI:
@@ -181,9 +181,6 @@ def prepare(
         raise TrainingSetupError(str(e)) from e
 
     worker_env: dict[str, str] = {}
-    recorder_modules: list[str] = []
-    if run_cfg.get("record_advantages", True):
-        recorder_modules.append("verl_agrae.trainer.advantage_recorder")
     if cpu_requested(config):
         cpu = run_cfg.get("cpu", {}) or {}
         try:
@@ -194,10 +191,7 @@ def prepare(
             raise TrainingSetupError(str(e)) from e
         _set(config, "trainer.device", "cpu")
         logger.info("CPU run: %d settings applied: %s", len(changed), changed)
-        if config.actor_rollout_ref.rollout.name == "hf":
-            # Registers the `hf` backend in every process; our verl.plugins entry point does it too.
-            recorder_modules.append("verl_agrae.rollout")
-        worker_env.update(cpu_worker_env(recorder_modules))
+        worker_env.update(cpu_worker_env())
         try:
             checks.check_memory(config, int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node))
         except checks.PreflightError as e:
@@ -214,8 +208,6 @@ def prepare(
                 "no CUDA GPU is visible. To train on the CPU use a cpu_* config (--config-name cpu_demo) "
                 "or add trainer.device=cpu."
             )
-        modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-        worker_env["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys(modules + recorder_modules))
 
     try:
         from transformers import AutoTokenizer
@@ -246,26 +238,10 @@ def _accuracy_key(row: dict[str, Any]) -> str | None:
 
 
 def summarize(run_dir: Any, run_cfg: DictConfig) -> dict[str, Any]:
-    """Merge metrics, add per-step A-GRAE diagnostics, plot, and write ``summary.json``."""
+    """Merge the attempts' metrics (A-GRAE diagnostics are logged live by our trainer modes), plot, summarise."""
     from verl_agrae.trainer.plots import plot_metrics
-    from verl_agrae.trainer.step_diagnostics import attempt_diagnostics
 
     rows = run_dir.merge_metrics()
-    by_step = {r["step"]: r for r in rows}
-    for attempt in run_dir.attempts():
-        try:
-            for step, diag in attempt_diagnostics(attempt).items():
-                row = by_step.setdefault(step, {"step": step})
-                # The agrae_* trainer modes log these live; records only fill steps without them
-                # (legacy trainer, other trainer modes, GRPO runs for comparison).
-                for key, value in diag.items():
-                    row.setdefault(key, value)
-        except Exception:  # diagnostics are a bonus; never lose the run's summary over them
-            logger.exception("could not compute A-GRAE diagnostics for %s", attempt)
-    rows = [by_step[s] for s in sorted(by_step)]
-    from verl_agrae.trainer.run_dir import _atomic_write_text
-
-    _atomic_write_text(run_dir.metrics_path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
     plots = plot_metrics(rows, run_dir.plots) if run_cfg.get("plots", True) else []
 
     val_rows = [r for r in rows if _accuracy_key(r)]
@@ -392,19 +368,19 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    # Select the platform in this process too (verl may already be imported: install() is idempotent).
-    os.environ.update({k: v for k, v in worker_env.items() if k != "VERL_USE_EXTERNAL_MODULES"})
+    # Select the platform in this process too (verl may already be imported; the registration is idempotent).
+    os.environ.update(worker_env)
     if worker_env.get("VERL_PLATFORM") == "cpu":
-        from verl_agrae.platform import install
+        from verl_agrae.integration.backends import register_cpu_platform
 
-        install()
+        register_cpu_platform()
 
     if args.print_config:
         print(OmegaConf.to_yaml(_with_run(config, run_cfg), resolve=True))
         return 0
 
     try:
-        from verl_agrae.register import ensure_registered
+        from verl_agrae.integration.estimator import ensure_registered
 
         ensure_registered()
     except RuntimeError as e:
@@ -424,9 +400,8 @@ def _main(argv: list[str] | None) -> int:
     (attempt / "attempt.json").write_text(json.dumps({"start_step": start_step, "argv": list(argv or sys.argv[1:])}))
     run_dir.write_config(_with_run(config, run_cfg), attempt)
     add_env = {"VERL_FILE_LOGGER_PATH": str(attempt / "metrics.jsonl")}
-    if run_cfg.get("record_advantages", True):
+    if run_cfg.get("record_advantages", False):
         add_env["VERL_AGRAE_RECORD_DIR"] = str(attempt / "advantages")
-        add_env["VERL_AGRAE_RECORD_ESTIMATOR"] = str(config.algorithm.adv_estimator)
     add_worker_env(config, add_env, replace=True)
 
     print(f"run directory: {run_dir.root} ({'resuming after step ' + str(start_step - 1) if resuming else 'new run'})")

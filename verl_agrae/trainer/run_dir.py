@@ -26,6 +26,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from verl_agrae.atomic import atomic_write_text
+
 __all__ = [
     "RESUME_SAFE_KEYS",
     "ResumeConfigMismatch",
@@ -111,13 +113,6 @@ def merge_metrics(attempt_files: Iterable[Path]) -> list[dict[str, Any]]:
     return [{"step": s, **by_step[s]} for s in sorted(by_step)]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class RunDir:
     """Paths and bookkeeping of one run directory."""
 
@@ -195,15 +190,15 @@ class RunDir:
 
     def write_config(self, config: DictConfig, attempt: Path) -> None:
         text = OmegaConf.to_yaml(config, resolve=True)
-        _atomic_write_text(attempt / "config.yaml", text)
+        atomic_write_text(attempt / "config.yaml", text)
         if not self.config_path.is_file():
-            _atomic_write_text(self.config_path, text)
+            atomic_write_text(self.config_path, text)
 
     def merge_metrics(self) -> list[dict[str, Any]]:
         """Rewrite ``metrics.jsonl`` from every attempt's file; returns the merged rows."""
         rows = merge_metrics(a / "metrics.jsonl" for a in self.attempts())
-        _atomic_write_text(self.metrics_path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
         return rows
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        _atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+        atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str) + "\n")

@@ -15,9 +15,9 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from verl_agrae.atomic import atomic_target
 
 logger = logging.getLogger(__name__)
 
@@ -128,16 +128,9 @@ def ensure_demo_model(cache_dir: Path | None = None) -> Path:
             model.generation_config.eos_token_id = turn_end_id
             model.generation_config.pad_token_id = turn_end_id
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    # atomic_target replaces an incomplete earlier attempt left at `target`.
+    with atomic_target(target, directory=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / _MARKER).write_text(json.dumps({"version": _CONVERSION_VERSION, "source": gguf_file.name}))
-        if target.exists():  # an incomplete earlier attempt
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target

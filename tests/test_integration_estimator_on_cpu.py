@@ -1,5 +1,6 @@
-"""`agrae` reaches verl's registry through the entry point, in fresh processes and Ray actors, and verl's own
-compute_advantage functions produce A-GRAE advantages."""
+"""`agrae` reaches verl's registry through the entry point, in fresh processes and Ray actors; verl's own
+compute_advantage functions produce A-GRAE advantages; the trainer and the estimator exchange a step's state through
+an explicit AgraeStep, and a computation in another process is reported as such."""
 
 from __future__ import annotations
 
@@ -30,11 +31,11 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
 def test_plain_import_verl_in_fresh_process_finds_agrae():
     out = _run(FRESH_CHECK)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("verl_agrae.register.agrae_advantage_estimator")
+    assert out.stdout.strip().endswith("verl_agrae.integration.estimator.agrae_advantage_estimator")
 
 
 def test_ensure_registered_fails_loudly_when_plugins_are_disabled():
-    code = "from verl_agrae.register import ensure_registered\nensure_registered()\n"
+    code = "from verl_agrae.integration.estimator import ensure_registered\nensure_registered()\n"
     out = _run(code, VERL_USE_EXTERNAL_PLUGINS="none")
     assert out.returncode != 0
     assert "VERL_USE_EXTERNAL_PLUGINS=none" in out.stderr
@@ -58,7 +59,9 @@ def test_registered_inside_a_ray_actor():
                 return fn.__module__ + "." + fn.__qualname__
 
         probe = Probe.remote()
-        assert ray.get(probe.which.remote(), timeout=240) == "verl_agrae.register.agrae_advantage_estimator"
+        assert (
+            ray.get(probe.which.remote(), timeout=240) == "verl_agrae.integration.estimator.agrae_advantage_estimator"
+        )
     finally:
         ray.shutdown()
 
@@ -106,53 +109,104 @@ def test_verl_v1_compute_advantage_uses_agrae():
     torch.testing.assert_close(out.batch["advantages"], expected)
 
 
-def test_estimator_options_come_from_config_and_errors_name_the_key():
-    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
-
-    from verl_agrae.register import last_result
-
-    fn = get_adv_estimator_fn("agrae")
-    data, algo, _ = _dataproto(2)
-    tlr, mask, uids = (data.batch["token_level_rewards"], data.batch["response_mask"], data.non_tensor_batch["uid"])
-    adv, _ = fn(token_level_rewards=tlr, response_mask=mask, index=uids, config={"agrae": {"suppress_correct": False}})
-    expected, _ = compute_agrae_outcome_advantage(tlr, mask, uids, suppress_correct=False)
-    torch.testing.assert_close(adv, expected)
-    assert last_result() is not None and last_result().suppression == 1.0
-    adv, _ = fn(token_level_rewards=tlr, response_mask=mask, index=uids, config=None, mu=0.9)
-    assert last_result().mu == 0.9
-    with pytest.raises(ValueError, match="algorithm.agrae.alpha"):
-        fn(token_level_rewards=tlr, response_mask=mask, index=uids, config={"agrae": {"alpha": -2}})
-
-
-def test_groups_outside_batch_reach_the_registered_estimator():
-    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
-
-    from verl_agrae.register import groups_outside_batch, last_result
-
-    data, algo, _ = _dataproto(3)
-    kw = dict(
+def _kw(data, algo):
+    return dict(
         token_level_rewards=data.batch["token_level_rewards"],
         response_mask=data.batch["response_mask"],
         index=data.non_tensor_batch["uid"],
         config=algo,
     )
+
+
+def test_estimator_options_come_from_config_and_errors_name_the_key():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    from verl_agrae.integration.estimator import AgraeStep, bind_step
+
     fn = get_adv_estimator_fn("agrae")
-    fn(**kw)
-    alone = last_result()
-    with groups_outside_batch([1.0] * 6):
-        fn(**kw)
-    inside = last_result()
-    fn(**kw)
-    assert last_result().mu == alone.mu  # the context does not leak
+    data, algo, _ = _dataproto(2)
+    kw = _kw(data, {"agrae": {"suppress_correct": False}})
+    with bind_step(AgraeStep()) as step:
+        adv, _ = fn(**kw)
+    expected, _ = compute_agrae_outcome_advantage(
+        kw["token_level_rewards"], kw["response_mask"], kw["index"], suppress_correct=False
+    )
+    torch.testing.assert_close(adv, expected)
+    # The result carries the options it ran with and where mu came from.
+    assert step.result.suppression == 1.0 and step.result.options.suppress_correct is False
+    assert step.result.mu_source == "generated" and step.result.groups_outside_batch == 0
+    assert step.inputs["token_level_rewards"] is kw["token_level_rewards"]
+    with pytest.raises(ValueError, match="algorithm.agrae.alpha"):
+        fn(**_kw(data, {"agrae": {"alpha": -2}}))
+
+
+def test_step_state_reaches_the_registered_estimator_and_does_not_leak():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    from verl_agrae.integration.estimator import AgraeStep, bind_step
+
+    data, algo, _ = _dataproto(3)
+    fn = get_adv_estimator_fn("agrae")
+    with bind_step(AgraeStep()) as alone:
+        fn(**_kw(data, algo))
+    with bind_step(AgraeStep(groups_outside_batch=[1.0] * 6)) as inside:
+        fn(**_kw(data, algo))
+    unbound = AgraeStep()
+    fn(**_kw(data, algo))  # no step bound: nobody receives the result, nothing is kept anywhere
+    assert unbound.result is None and inside.result is not alone.result
     n = len(set(data.non_tensor_batch["uid"]))
-    assert inside.mu_batch == alone.mu
-    assert inside.mu == pytest.approx((alone.mu * n + 6) / (n + 6))
+    assert inside.result.mu_batch == alone.result.mu
+    assert inside.result.mu == pytest.approx((alone.result.mu * n + 6) / (n + 6))
+    assert inside.result.groups_outside_batch == 6
+
+
+def _estimate_in_child(kw: dict) -> tuple[str, float]:
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    adv, _ = get_adv_estimator_fn("agrae")(**kw)
+    return "ran", float(adv.abs().sum())
+
+
+def test_advantages_computed_in_another_process_do_not_reach_the_trainer():
+    """A bound step belongs to its process (and thread): an estimator call in another process computes A-GRAE from
+    the batch alone and the parent's step receives nothing, which our trainer turns into an error."""
+    import multiprocessing as mp
+
+    from verl_agrae.integration.estimator import AgraeStep, bind_step
+
+    data, algo, expected = _dataproto(4)
+    kw = _kw(data, algo)
+    with bind_step(AgraeStep(groups_outside_batch=[1.0, 1.0])) as step:
+        with mp.get_context("spawn").Pool(1) as pool:
+            status, total = pool.apply(_estimate_in_child, (kw,))
+    assert status == "ran" and total == pytest.approx(float(expected.abs().sum()), rel=1e-6)  # the batch's own mu
+    assert step.result is None
+
+
+def test_trainer_raises_when_the_estimator_ran_elsewhere():
+    from verl_agrae.integration.trainers import AgraeTrainerMixin
+
+    class _Base:
+        def __init__(self, config):
+            self.config = config
+
+        def _compute_advantage(self, batch, metrics):  # verl computed advantages without calling us here
+            return batch
+
+    class _Trainer(AgraeTrainerMixin, _Base):
+        pass
+
+    from omegaconf import OmegaConf
+
+    trainer = _Trainer(OmegaConf.create({"algorithm": {"adv_estimator": "agrae", "agrae": {}}}))
+    with pytest.raises(RuntimeError, match="did not run in the trainer's process"):
+        trainer._compute_advantage(object(), {})
 
 
 def test_trainer_modes_register_lazily_when_verl_v1_is_imported():
     code = (
         "import sys, verl\n"
-        "assert 'verl_agrae.agrae_trainer' not in sys.modules, 'plain import verl must stay light'\n"
+        "assert 'verl_agrae.integration.trainers' not in sys.modules, 'plain import verl must stay light'\n"
         "from verl.trainer.ppo.v1 import get_trainer_cls\n"
         "print(get_trainer_cls('agrae_sync').__name__, get_trainer_cls('agrae_separate_async').__name__)\n"
     )

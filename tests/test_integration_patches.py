@@ -1,6 +1,6 @@
-"""Guard tests for the CPU patches: they fail loudly when the installed verl no longer matches.
+"""Guard tests for our patches of verl: they fail loudly when the installed verl no longer matches.
 
-Each patch in verl_agrae/platform/patches.py checks its target before touching it; these tests run those
+Each patch in verl_agrae/integration/patches.py checks its target before touching it; these tests run those
 checks against the installed verl (so a verl upgrade that moves or fixes the patched code fails here),
 and show each check really fails on a target that looks different.
 """
@@ -13,7 +13,7 @@ import inspect
 
 import pytest
 
-from verl_agrae.platform import patches
+from verl_agrae.integration import patches
 
 
 def test_verl_is_the_pinned_version():
@@ -132,3 +132,30 @@ def test_platform_override_env_is_still_honoured():
     from verl.plugin.platform import platform_manager
 
     assert 'os.environ.get("VERL_PLATFORM"' in inspect.getsource(platform_manager._detect_platform_name)
+
+
+def test_separate_async_logger_target_still_logs_with_flush():
+    module = patches._separate_async_logger_targets()
+    assert "flush=True" in inspect.getsource(module.PPOTrainerSeparateAsync._setup)
+
+
+def test_separate_async_logger_guard_fails_when_verl_drops_the_keyword(monkeypatch):
+    from verl.trainer.ppo.v1 import trainer_separate_async
+
+    real = patches._source
+    monkeypatch.setattr(patches, "_source", lambda obj: real(obj).replace("flush=True", ""))
+    with pytest.raises(patches.PatchTargetChanged, match="trainer_separate_async.py"):
+        patches._separate_async_logger_targets()
+    assert trainer_separate_async.logger is not None
+
+
+def test_separate_async_logger_accepts_print_keywords_after_the_patch(caplog):
+    from verl.trainer.ppo.v1 import trainer_separate_async
+
+    patches.separate_async_logs_with_print_keywords()
+    patches.separate_async_logs_with_print_keywords()  # idempotent: one adapter, not an adapter of an adapter
+    log = trainer_separate_async.logger
+    assert isinstance(log, patches._LoggerWithoutFlush) and not isinstance(log.logger, patches._LoggerWithoutFlush)
+    with caplog.at_level("INFO", logger=log.logger.name):
+        log.info("weights ready", flush=True)  # what verl's _setup does; a TypeError without the patch
+    assert "weights ready" in caplog.text

@@ -92,7 +92,7 @@ def measure_batching_speedup(
         time, the times are means over repeats.
     """
     from verl_agrae.rollout.server import HFRolloutServer
-    from verl_agrae.rollout.testing import rollout_configs
+    from verl_agrae.testing.rollout import rollout_configs
 
     config, model_config = rollout_configs(
         model_dir,

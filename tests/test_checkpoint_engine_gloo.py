@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from verl_agrae.platform.checkpoint_engine import BACKEND_NAME, GlooCheckpointEngine
+from verl_agrae.checkpoint_engine.gloo import BACKEND_NAME, GlooCheckpointEngine
 
 
 def _weights(seed: int = 0) -> list[tuple[str, torch.Tensor]]:

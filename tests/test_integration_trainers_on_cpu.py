@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 
 from verl_agrae.advantage import agrae_sequence_advantage
-from verl_agrae.agrae_trainer import AgraeTrainerMixin, dropped_group_success
 from verl_agrae.diagnostics import diagnostics_from_result
+from verl_agrae.integration.trainers import AgraeTrainerMixin, dropped_group_success
 
 DAPO_KEY = "_dapo_filtered_reward_counts"
 
@@ -65,7 +65,7 @@ def test_mu_counts_groups_dropped_by_dynamic_sampling_and_metrics_are_logged():
     assert metrics["agrae/mu"] == pytest.approx(expected.mu)
     assert metrics["agrae/mu_batch"] == pytest.approx(0.5)
     assert metrics["agrae/groups_dropped"] == 4.0
-    direct = diagnostics_from_result(expected, alpha=1.0)
+    direct = diagnostics_from_result(expected)
     for key, value in direct.items():
         assert metrics[key] == pytest.approx(value), key
 
@@ -92,6 +92,40 @@ def test_dropped_group_success_rules():
     assert sorted(dropped_group_success({1.0: 1, -1.0: 2}, 0.0)) == [0.0, 0.0, 1.0]  # DAPO +-1 scores
     with pytest.raises(ValueError, match="success_threshold"):
         dropped_group_success({-1.0: 1}, None)
+
+
+def test_dropped_groups_and_batch_rows_follow_one_success_rule():
+    """Same edge behaviour for a dropped group's shared value and a batch row's reward: the 1e-6 rounding tolerance
+    is accepted (and clamped) by both, anything beyond it is refused by both."""
+    from verl_agrae.advantage import success_from_rewards
+
+    assert dropped_group_success({1.0 + 5e-7: 1}, None) == [1.0]
+    assert success_from_rewards(torch.tensor([1.0 + 5e-7], dtype=torch.float64)).tolist() == [1.0]
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        dropped_group_success({1.01: 1}, None)
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        success_from_rewards(torch.tensor([1.01]))
+    assert dropped_group_success({0.0: 1, 0.5: 1}, 0.0) == [0.0, 1.0]  # threshold: strictly above
+
+
+def test_records_are_written_per_global_step(tmp_path, monkeypatch):
+    from verl_agrae.integration.trainers import RECORD_DIR_ENV
+
+    monkeypatch.setenv(RECORD_DIR_ENV, str(tmp_path / "rec"))
+    data, tlr, uids = _mixed_batch()
+    trainer = _Trainer(_config())
+    for step in (4, 5):
+        trainer.global_steps = step
+        trainer._compute_advantage(data, {DAPO_KEY: {1.0: 1}})
+    files = sorted(p.name for p in (tmp_path / "rec").iterdir())
+    assert files == ["step-00004.pt", "step-00005.pt"]
+    rec = torch.load(tmp_path / "rec" / "step-00005.pt", weights_only=False)
+    expected = agrae_sequence_advantage(tlr, torch.ones(12, 3), uids, extra_group_success=[1.0])
+    assert rec["step"] == 5 and rec["estimator"] == "agrae" and rec["mu_source"] == "generated"
+    assert rec["mu"] == pytest.approx(expected.mu) and rec["groups_outside_batch"] == [1.0]
+    assert rec["options"]["alpha"] == 1.0 and rec["index"] == [str(u) for u in uids]
+    torch.testing.assert_close(rec["advantages"], expected.advantages[:, None].expand(12, 3))
+    torch.testing.assert_close(rec["token_level_rewards"], tlr)
 
 
 def test_reference_policy_gets_its_own_pool():
@@ -127,7 +161,7 @@ def test_our_modes_are_verls_modes_inside_verls_trainer_base(ours, verls):
     reads `trainer.v1.<mode>`; under our names it must see verl's, or `agrae_sync` would run as an async mode."""
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 
-    from verl_agrae.agrae_trainer import AgraeSeparateAsyncTrainer, AgraeSyncTrainer
+    from verl_agrae.integration.trainers import AgraeSeparateAsyncTrainer, AgraeSyncTrainer
     from verl_agrae.trainer.main import compose_config
 
     config = compose_config("grpo_agrae", [f"trainer.v1.trainer_mode={ours}"])
@@ -141,7 +175,7 @@ def test_our_modes_are_verls_modes_inside_verls_trainer_base(ours, verls):
 
 
 def test_poll_interval_reaches_verls_replay_buffer():
-    from verl_agrae.agrae_trainer import AgraeSyncTrainer
+    from verl_agrae.integration.trainers import AgraeSyncTrainer
     from verl_agrae.trainer.main import compose_config
 
     def buffer_of(config):

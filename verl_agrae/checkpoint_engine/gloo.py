@@ -6,13 +6,9 @@ ships (nccl, nixl, mooncake, hccl, kimi) needs GPUs or RDMA, and ``naive`` only 
 share a process. This one sends the weights over a private ``torch.distributed`` gloo group made of actor
 rank 0 (the sender) and every rollout worker (receivers); it works on CPU-only nodes, across nodes too.
 
-Select it with::
-
-    actor_rollout_ref.rollout.checkpoint_engine.backend=gloo
-    actor_rollout_ref.rollout.checkpoint_engine.custom_backend_module=verl_agrae.platform.checkpoint_engine
-
-(``verl-agrae train`` sets both for CPU runs of ``separate_async``.) Importing this module registers the
-backend with verl's ``CheckpointEngineRegistry``.
+Select it with ``actor_rollout_ref.rollout.checkpoint_engine.backend=gloo`` (``verl-agrae train`` sets it for CPU
+runs of ``separate_async``). Our entry point registers it with verl's ``CheckpointEngineRegistry`` in every
+process (:mod:`verl_agrae.integration.backends`); this module only defines the class.
 
 One weight sync, as verl's ``CheckpointEngineManager`` drives it:
 
@@ -42,7 +38,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from verl.checkpoint_engine.base import CheckpointEngine, CheckpointEngineRegistry
+from verl.checkpoint_engine.base import CheckpointEngine
 from verl.workers.rollout.utils import ensure_async_iterator
 
 __all__ = ["BACKEND_NAME", "GlooCheckpointEngine", "Piece"]
@@ -124,7 +120,6 @@ class _Bucket:
         self.pieces, self.used = [], 0
 
 
-@CheckpointEngineRegistry.register(BACKEND_NAME)
 class GlooCheckpointEngine(CheckpointEngine):
     """Actor-to-rollout weight transfer over a gloo group (CPU tensors; see the module docstring).
 

@@ -1,13 +1,14 @@
-"""The targeted patches verl 0.9.1 needs to run on the CPU, one function per verl behaviour.
+"""Every patch verl-agrae applies to verl 0.9.1, one function per verl behaviour it answers.
 
-Everything else a CPU run needs is configuration (set by :mod:`verl_agrae.trainer.cpu_overrides`) or
-the platform class itself. Each patch here:
+Everything else is configuration (set by :mod:`verl_agrae.trainer.cpu_overrides`), the platform class itself,
+or a registration through verl's own registries (:mod:`.backends`). Each patch here:
 
 - names the verl behaviour it answers and the verl file/function that has it;
 - checks, before touching anything, that verl still looks the way the patch assumes
-  (:func:`check_targets` runs all checks; ``tests/test_platform_patches.py`` runs them against the
+  (:func:`check_targets` runs all checks; ``tests/test_integration_patches.py`` runs them against the
   installed verl so an upgrade fails loudly instead of silently training wrong);
-- is idempotent and only ever applied when the CPU platform is selected.
+- is idempotent. Patches 1-3 are applied only when the CPU platform is selected (:func:`apply_cpu_patches`);
+  4 whenever verl is imported (it breaks any model build); 5 when our trainer modes are registered.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ __all__ = [
     "check_targets",
     "fsdp2_offload_policy_pins_memory",
     "process_group_backend_names_cpu_twice",
+    "separate_async_logs_with_print_keywords",
     "trl_without_value_head_breaks_model_build",
     "valuehead_model_hardcodes_flash_attention",
 ]
 
 
 class PatchTargetChanged(RuntimeError):
-    """verl no longer looks the way a CPU patch assumes (wrong verl version?)."""
+    """verl no longer looks the way a patch assumes (wrong verl version?)."""
 
 
 _applied: set[str] = set()
@@ -59,8 +61,8 @@ def _source(obj: Any) -> str:
 def _require(condition: bool, what: str, where: str) -> None:
     if not condition:
         raise PatchTargetChanged(
-            f"verl changed under a verl-agrae CPU patch: expected {what} in {where}. "
-            "verl-agrae pins verl==0.9.1; install that version or update verl_agrae/platform/patches.py."
+            f"verl changed under a verl-agrae patch: expected {what} in {where}. "
+            "verl-agrae pins verl==0.9.1; install that version or update verl_agrae/integration/patches.py."
         )
 
 
@@ -392,6 +394,50 @@ def trl_without_value_head_breaks_model_build() -> None:
 
 # ---------------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------------
+# 5. The separate_async trainer logs with print's keywords.
+#    verl/trainer/ppo/v1/trainer_separate_async.py, PPOTrainerSeparateAsync._setup calls
+#    ``logger.info(..., flush=True)`` when actor_rollout_ref.hybrid_engine=False; ``logging`` rejects ``flush``
+#    with a TypeError, which kills every separate_async run without hybrid replicas (the layout with rollout
+#    and training on disjoint pools). The module logger is wrapped in an adapter that drops the keyword.
+# ---------------------------------------------------------------------------------------------------
+
+
+class _LoggerWithoutFlush(logging.LoggerAdapter):
+    """Drops ``print``'s ``flush=`` keyword, which ``logging`` rejects with a TypeError."""
+
+    def log(self, level, msg, *args, flush=None, **kwargs):
+        super().log(level, msg, *args, **kwargs)
+
+
+def _separate_async_logger_targets() -> Any:
+    from verl.trainer.ppo.v1 import trainer_separate_async
+
+    where = "verl/trainer/ppo/v1/trainer_separate_async.py"
+    log = getattr(trainer_separate_async, "logger", None)
+    _require(isinstance(log, (logging.Logger, _LoggerWithoutFlush)), "a module-level `logger`", where)
+    cls = getattr(trainer_separate_async, "PPOTrainerSeparateAsync", None)
+    _require(cls is not None and hasattr(cls, "_setup"), "PPOTrainerSeparateAsync._setup", where)
+    _require("flush=True" in _source(cls._setup), "a logger call with flush=True in _setup", where)
+    return trainer_separate_async
+
+
+def separate_async_logs_with_print_keywords() -> None:
+    """Let ``PPOTrainerSeparateAsync._setup`` log with ``flush=True`` without a TypeError.
+
+    Raises:
+        PatchTargetChanged: if verl no longer looks as assumed (e.g. the ``flush=True`` call was fixed).
+    """
+    name = "separate_async_logs_with_print_keywords"
+    if name in _applied:
+        return
+    module = _separate_async_logger_targets()
+    if not isinstance(module.logger, _LoggerWithoutFlush):
+        module.logger = _LoggerWithoutFlush(module.logger, {})
+    _applied.add(name)
+    logger.debug("applied patch %s", name)
+
+
 _PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
     "fsdp2_offload_policy_pins_memory": (fsdp2_offload_policy_pins_memory, _offload_policy_targets),
     "valuehead_model_hardcodes_flash_attention": (
@@ -400,7 +446,19 @@ _PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
     ),
     "process_group_backend_names_cpu_twice": (process_group_backend_names_cpu_twice, _process_group_targets),
     "trl_without_value_head_breaks_model_build": (trl_without_value_head_breaks_model_build, _trl_targets),
+    "separate_async_logs_with_print_keywords": (
+        separate_async_logs_with_print_keywords,
+        _separate_async_logger_targets,
+    ),
 }
+
+#: Applied by apply_cpu_patches (the others are applied where their docstrings say).
+_CPU_PATCHES = (
+    "fsdp2_offload_policy_pins_memory",
+    "valuehead_model_hardcodes_flash_attention",
+    "process_group_backend_names_cpu_twice",
+    "trl_without_value_head_breaks_model_build",
+)
 
 
 def check_targets() -> None:
@@ -414,11 +472,11 @@ def check_targets() -> None:
 
 
 def apply_cpu_patches() -> frozenset[str]:
-    """Apply every CPU patch (idempotent).
+    """Apply every patch a CPU run needs (idempotent).
 
     Returns:
         The names of the patches now applied in this process.
     """
-    for patch, _ in _PATCHES.values():
-        patch()
+    for name in _CPU_PATCHES:
+        _PATCHES[name][0]()
     return applied_patches()

@@ -1,0 +1,200 @@
+"""verl V1 trainers that log A-GRAE's state every step and keep ``mu`` honest under dynamic sampling.
+
+Registered with verl's ``register_trainer`` as ``agrae_sync`` and ``agrae_separate_async`` (select with
+``trainer.v1.trainer_mode=agrae_sync``; our packaged configs do). They behave exactly like verl's ``sync``
+and ``separate_async`` trainers, plus:
+
+- **A-GRAE diagnostics** (:mod:`verl_agrae.diagnostics`) merged into the step's metrics, so they reach
+  wandb / tensorboard / the file logger as ``agrae/...``: ``mu``, ``mu_batch``, ``suppression``,
+  ``pos_to_neg_ratio``, group shares, mean |advantage| per success-rate bin, ``groups_dropped``. The packaged
+  plain-method configs (``grpo``, ``drgrpo``, ``dapo``) run ``agrae`` with both terms off, which equals verl's
+  ``grpo`` exactly, so comparison runs get the same curves from this one path.
+- **mu before filtering.** DAPO's dynamic sampling (``algorithm.filter_groups``) drops every group whose
+  filter metric is identical across its responses, i.e. the all-solved and all-failed groups (p in {0, 1}).
+  The batch the estimator sees has lost exactly those, so its own mean success rate is biased towards 0.5.
+  verl's replay buffer reports the dropped groups per step as ``{shared metric value: group count}``; this
+  trainer turns them into success rates with the project's one success rule
+  (:func:`verl_agrae.advantage.success_from_rewards`) and hands them to the estimator in the step's
+  :class:`~verl_agrae.integration.estimator.AgraeStep`; ``mu`` is then the mean over all generated groups.
+  Both values are logged: ``agrae/mu`` (used) and ``agrae/mu_batch`` (post-filter). Surplus mixed groups that
+  the buffer generated beyond the batch and discarded are not counted: their rewards are never read.
+- **Per-step records** (``run.record_advantages``; ``VERL_AGRAE_RECORD_DIR`` in the TaskRunner's environment):
+  the estimator's inputs and outputs of step ``k`` in ``step-0000k.pt``, for tests and offline analysis.
+- **Replay-buffer poll interval** ``trainer.v1.sampler.poll_interval`` (verl: fixed 2 s; ``cpu.yaml``: 0.2 s).
+- **Reference policy on its own pool** (``ref_pool.nnodes`` and ``ref_pool.n_gpus_per_node`` > 0, with
+  ``actor_rollout_ref.hybrid_engine=False`` so the reference runs as its own worker group): verl puts it on
+  the training pool; this maps ``Role.RefPolicy`` to a separate ``ref_pool``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.replay_buffer import DAPO_FILTERED_REWARD_COUNTS_KEY
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+from verl_agrae.advantage import AgraeResult, success_from_rewards, to_token_level
+from verl_agrae.atomic import atomic_target
+from verl_agrae.config import AgraeConfig
+from verl_agrae.diagnostics import PREFIX, diagnostics_from_result
+from verl_agrae.integration.estimator import ESTIMATOR_NAME, AgraeStep, bind_step
+
+__all__ = [
+    "RECORD_DIR_ENV",
+    "VERL_MODE",
+    "AgraeSeparateAsyncTrainer",
+    "AgraeSyncTrainer",
+    "AgraeTrainerMixin",
+    "dropped_group_success",
+    "register_trainers",
+    "step_record",
+]
+
+logger = logging.getLogger(__name__)
+
+REF_POOL = "ref_pool"
+#: Directory for the per-step records (set by ``verl-agrae train`` when ``run.record_advantages`` is on).
+RECORD_DIR_ENV = "VERL_AGRAE_RECORD_DIR"
+#: Our trainer modes and the verl modes they extend.
+VERL_MODE = {"agrae_sync": "sync", "agrae_separate_async": "separate_async"}
+
+
+def dropped_group_success(dropped: Mapping[Any, int] | None, success_threshold: float | None) -> list[float]:
+    """Success rates of the groups dynamic sampling dropped, one entry per group.
+
+    Args:
+        dropped: verl's ``{shared filter-metric value: group count}`` for the step (None or empty: none).
+        success_threshold: A-GRAE's ``success_threshold``, applied by the same rule as to the batch's rows.
+
+    Raises:
+        ValueError: a value outside [0, 1] with no threshold (e.g. filtering on DAPO's +-1 score).
+    """
+    items = list((dropped or {}).items())
+    if not items:
+        return []
+    values = torch.tensor([float(v) for v, _ in items], dtype=torch.float64)
+    success = success_from_rewards(
+        values, None, success_threshold, what="filter metric of a group dropped by dynamic sampling"
+    )
+    return [float(p) for p, (_, count) in zip(success.tolist(), items, strict=True) for _ in range(int(count))]
+
+
+def step_record(step: AgraeStep, global_step: int) -> dict[str, Any]:
+    """What one step's record holds: the estimator's inputs as verl passed them and everything it computed."""
+    result: AgraeResult = step.result
+    mask = step.inputs["response_mask"]
+    index = step.inputs["index"]
+    return {
+        "step": int(global_step),
+        "estimator": ESTIMATOR_NAME,
+        "token_level_rewards": step.inputs["token_level_rewards"].detach().cpu().clone(),
+        "response_mask": mask.detach().cpu().clone(),
+        "index": [str(u) for u in index] if index is not None else None,
+        "advantages": to_token_level(result.advantages, mask).detach().cpu().clone(),
+        "options": dataclasses.asdict(result.options),
+        "mu": float(result.mu),
+        "mu_batch": float(result.mu_batch),
+        "mu_source": result.mu_source,
+        "groups_outside_batch": list(step.groups_outside_batch),
+    }
+
+
+class AgraeTrainerMixin:
+    """Adds A-GRAE metrics, pre-filter ``mu``, records and an optional reference pool to a verl V1 trainer."""
+
+    config: Any
+    global_steps: int
+
+    # verl's trainer base copies `trainer.v1.trainer_mode` into `self.trainer_mode`, then branches on
+    # `== "sync"` (replay buffer class, dataloader refill, TransferQueue checkpointing) and reads its settings
+    # from `trainer.v1.<mode>`. Under our mode names it would treat `agrae_sync` as an async mode and ignore
+    # `trainer.v1.sync`; mapping the name on assignment makes each of our modes exactly the verl mode it extends.
+    @property
+    def trainer_mode(self) -> str:
+        return self._verl_trainer_mode
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        self._verl_trainer_mode = VERL_MODE.get(value, value)
+
+    def _build_replay_buffer(self):
+        buffer = super()._build_replay_buffer()
+        # verl's buffer checks for finished rollouts every 2 s (fixed in its constructor), so every sync step
+        # waits ~1 s after generation ends, on average: a fifth of a tiny CPU step. `poll_interval` lets a
+        # config shorten it (cpu.yaml does).
+        interval = self.config.trainer.v1.sampler.get("poll_interval", None)
+        if interval is not None:
+            if float(interval) <= 0:
+                raise ValueError(f"trainer.v1.sampler.poll_interval must be > 0, got {interval}")
+            buffer.poll_interval = float(interval)
+        return buffer
+
+    def _compute_advantage(self, batch, metrics: dict):
+        if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
+            return super()._compute_advantage(batch, metrics)
+        threshold = AgraeConfig.from_algorithm(self.config.algorithm).success_threshold
+        step = AgraeStep(dropped_group_success(metrics.get(DAPO_FILTERED_REWARD_COUNTS_KEY), threshold))
+        with bind_step(step):
+            batch = super()._compute_advantage(batch, metrics)
+        if step.result is None:
+            raise RuntimeError(
+                "algorithm.adv_estimator=agrae but the agrae estimator did not run in the trainer's process this "
+                "step (was the advantage computed elsewhere, or did verl call another estimator?)"
+            )
+        metrics.update(diagnostics_from_result(step.result))
+        metrics[PREFIX + "groups_dropped"] = float(len(step.groups_outside_batch))
+        record_dir = os.environ.get(RECORD_DIR_ENV)
+        if record_dir:
+            self._write_record(Path(record_dir), step)
+        return batch
+
+    def _write_record(self, record_dir: Path, step: AgraeStep) -> None:
+        try:
+            record_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_target(record_dir / f"step-{int(self.global_steps):05d}.pt") as tmp:
+                torch.save(step_record(step, self.global_steps), tmp)
+        except Exception:  # a record is a by-product: it must never stop training
+            logger.exception("could not write the advantage record of step %s", self.global_steps)
+
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        pool = self.config.get(REF_POOL, None) or {}
+        nnodes, per_node = int(pool.get("nnodes", 0) or 0), int(pool.get("n_gpus_per_node", 0) or 0)
+        if nnodes <= 0 or per_node <= 0:
+            return  # verl's fused layout
+        if Role.RefPolicy not in self.role_worker_mapping:
+            raise ValueError(
+                "ref_pool is set but the reference policy is not a separate worker group: it needs a reference "
+                "(KL loss or KL in reward) and actor_rollout_ref.hybrid_engine=False"
+            )
+        spec = dict(self.resource_pool_manager.resource_pool_spec)
+        spec[REF_POOL] = [per_node] * nnodes
+        self.mapping[Role.RefPolicy] = REF_POOL
+        self.resource_pool_manager = type(self.resource_pool_manager)(resource_pool_spec=spec, mapping=self.mapping)
+        logger.info("reference policy placed on its own pool: %s", spec[REF_POOL])
+
+
+class AgraeSyncTrainer(AgraeTrainerMixin, PPOTrainerSync):
+    """verl's ``sync`` trainer with A-GRAE metrics and pre-filter ``mu``."""
+
+
+class AgraeSeparateAsyncTrainer(AgraeTrainerMixin, PPOTrainerSeparateAsync):
+    """verl's ``separate_async`` trainer (rollout on its own pool) with A-GRAE metrics and pre-filter ``mu``."""
+
+
+def register_trainers() -> None:
+    """Register ``agrae_sync`` and ``agrae_separate_async`` with verl (idempotent), with the patch they need."""
+    from verl_agrae.integration.patches import separate_async_logs_with_print_keywords
+
+    separate_async_logs_with_print_keywords()
+    register_trainer("agrae_sync")(AgraeSyncTrainer)
+    register_trainer("agrae_separate_async")(AgraeSeparateAsyncTrainer)
