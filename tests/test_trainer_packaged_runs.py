@@ -36,7 +36,7 @@ def _run(config_name: str, model, data, run_dir: Path, *extra: str, reward: str 
 
 
 def _records(run_dir: Path) -> list[dict]:
-    from verl_agrae.trainer.advantage_recorder import load_records
+    from verl_agrae.testing.records import load_records
 
     return load_records(run_dir / "attempts" / "attempt-01" / "advantages")
 
@@ -62,21 +62,17 @@ def _grpo_by_hand(rec: dict, norm_by_std: bool) -> torch.Tensor:
     return adv[:, None] * mask
 
 
-def _agrae_expected(rec: dict, mu: float | None = None) -> torch.Tensor:
+def _agrae_expected(rec: dict, dropped: list[float] | None = None) -> torch.Tensor:
+    """Our pure estimator on the record's batch; ``dropped``: success rates of groups outside the batch."""
     from verl_agrae.advantage import compute_agrae_outcome_advantage
+    from verl_agrae.config import AgraeConfig
 
-    agrae = rec["options"]["agrae"]
     advantages, _ = compute_agrae_outcome_advantage(
         rec["token_level_rewards"],
         rec["response_mask"],
         rec["index"],
-        alpha=agrae["alpha"],
-        norm_adv_by_std_in_grpo=rec["options"]["norm_adv_by_std_in_grpo"],
-        epsilon=agrae["epsilon"],
-        success_threshold=agrae["success_threshold"],
-        difficulty_shift=agrae["difficulty_shift"],
-        suppress_correct=agrae["suppress_correct"],
-        mu=mu,
+        AgraeConfig(**rec["options"]),
+        extra_group_success=dropped,
     )
     return advantages
 
@@ -96,9 +92,15 @@ def test_grpo_and_drgrpo_train_with_their_advantage(tiny_model_dir, data_dir, tm
     run_dir = tmp_path / config_name
     rows = _run(config_name, tiny_model_dir, data_dir, run_dir)
     (rec,) = _records(run_dir)
-    assert rec["estimator"] == "grpo"
+    # The plain methods run `agrae` with both terms off; what verl trained on is GRPO's / Dr.GRPO's formula.
+    assert (
+        rec["estimator"] == "agrae"
+        and not rec["options"]["difficulty_shift"]
+        and not rec["options"]["suppress_correct"]
+    )
     torch.testing.assert_close(rec["advantages"], _grpo_by_hand(rec, norm_by_std), rtol=1e-5, atol=1e-5)
     _common_checks(rows, rec)
+    assert rows[1]["agrae/adv_balance"] == pytest.approx(0.0, abs=1e-5)  # symmetric: the same live diagnostics
     assert ("actor/kl_loss" in rows[1]) is (config_name == "grpo")  # Dr.GRPO: no KL term
 
 
@@ -162,7 +164,7 @@ def test_dapo_agrae_mu_counts_the_groups_dynamic_sampling_dropped(tiny_model_dir
     dropped = [float(all(g)) for g in generated if all(g) or not any(g)]
     assert any(dropped), "no all-solved group was dropped"
     # mu over every generated group that had a say: the kept ones and the dropped uniform ones. Surplus
-    # mixed groups (generated beyond the batch and discarded unread) do not count (agrae_trainer docstring).
+    # mixed groups (generated beyond the batch and discarded unread) do not count (integration/trainers.py).
     expected_mu = (sum(kept) + sum(dropped)) / (len(kept) + len(dropped))
     mu_batch = sum(kept) / len(kept)
     assert rec["mu"] == pytest.approx(expected_mu, abs=1e-6)
@@ -171,5 +173,6 @@ def test_dapo_agrae_mu_counts_the_groups_dynamic_sampling_dropped(tiny_model_dir
     assert rows[1]["agrae/mu"] == pytest.approx(expected_mu, abs=1e-6)
     assert rows[1]["agrae/mu_batch"] == pytest.approx(mu_batch, abs=1e-6)
     # The trained advantages are the estimator's with the pre-filter mu, and differ from the post-filter ones.
-    torch.testing.assert_close(rec["advantages"], _agrae_expected(rec, mu=expected_mu), rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(rec["advantages"], _agrae_expected(rec, mu=mu_batch), atol=1e-4)
+    assert sorted(rec["groups_outside_batch"]) == sorted(dropped) and rec["mu_source"] == "generated"
+    torch.testing.assert_close(rec["advantages"], _agrae_expected(rec, dropped), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(rec["advantages"], _agrae_expected(rec), atol=1e-4)

@@ -47,16 +47,15 @@ LOSS_KEYS = ("actor/pg_loss", "actor/kl_loss", "actor/grad_norm", "actor/entropy
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_full_determinism_seeds_requests_by_content_not_arrival(tiny_model_dir, tmp_path):
+def test_full_determinism_seeds_requests_by_content_not_arrival(lively_model_dir):
     """Under rollout.full_determinism the k-th request of a prompt gets the same sample whatever the order and
     batching of the requests; without it, repeated requests are free to differ between servers."""
     import asyncio
 
     from verl_agrae.rollout.server import HFRolloutServer
     from verl_agrae.testing.rollout import rollout_configs
-    from verl_agrae.testing.tiny_model import make_lively_model
 
-    model = make_lively_model(tiny_model_dir, tmp_path / "lively")
+    model = lively_model_dir
     prompts = [[5, 40, 100, 7], [9, 12], [5, 40, 100, 7], [33, 8, 61], [9, 12], [5, 40, 100, 7]]
     params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
 

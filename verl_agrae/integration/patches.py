@@ -51,11 +51,54 @@ def applied_patches() -> frozenset[str]:
     return frozenset(_applied)
 
 
+def _once(patch: Callable[[], bool | None]) -> Callable[[], None]:
+    """Make a patch idempotent and record it, under its function name, in :func:`applied_patches` (unless it
+    returns False: nothing to answer in this process yet)."""
+
+    @functools.wraps(patch)
+    def apply() -> None:
+        if patch.__name__ in _applied or patch() is False:
+            return
+        _applied.add(patch.__name__)
+        logger.debug("applied patch %s", patch.__name__)
+
+    return apply
+
+
 def _source(obj: Any) -> str:
     try:
         return inspect.getsource(obj)
     except (OSError, TypeError) as e:  # pragma: no cover - only without source files
         raise PatchTargetChanged(f"cannot read the source of {obj!r}: {e}") from e
+
+
+def _module_text(module: str) -> str:
+    """Source text of a verl module, read from its file without importing it (an import would bind names early)."""
+    spec = importlib.util.find_spec(module)
+    _require(spec is not None and spec.origin is not None, f"module {module}", "verl")
+    with open(spec.origin, encoding="utf-8") as f:
+        return f.read()
+
+
+def _require_in_module(module: str, *needles: str, what: str) -> None:
+    """The module's source contains every needle (how verl binds or calls what a patch replaces)."""
+    text = _module_text(module)
+    _require(all(n in text for n in needles), what, module.replace(".", "/") + ".py")
+
+
+def _target_function(
+    module: Any, name: str, where: str, params: list[str] | None = None, source_has: tuple[str, str] | None = None
+) -> Callable[..., Any]:
+    """verl's function ``module.name`` (unwrapped when our patch is already applied), checked for its parameter
+    list and for the code the patch answers (``source_has``: the code, and how to name it in an error)."""
+    fn = getattr(module, name, None)
+    _require(fn is not None, f"function {name}", where)
+    fn = getattr(fn, "_verl_agrae_original", fn)
+    if params is not None:
+        _require(list(inspect.signature(fn).parameters) == params, f"{name}{tuple(params)}", where)
+    if source_has is not None:
+        _require(source_has[0] in _source(fn), source_has[1], f"{where} {name}")
+    return fn
 
 
 def _require(condition: bool, what: str, where: str) -> None:
@@ -83,23 +126,16 @@ def _offload_policy_targets() -> None:
     _require(hasattr(torch_fsdp, "CPUOffloadPolicy"), "CPUOffloadPolicy", "torch.distributed.fsdp")
     fields = {f.name for f in dataclasses.fields(_original_offload_policy())}
     _require("pin_memory" in fields, "a dataclass field pin_memory", "torch CPUOffloadPolicy")
-    spec = importlib.util.find_spec("verl.utils.fsdp_utils")
-    _require(spec is not None and spec.origin is not None, "module verl.utils.fsdp_utils", "verl")
-    with open(spec.origin, encoding="utf-8") as f:
-        fsdp_utils_src = f.read()
-    _require(
-        "from torch.distributed.fsdp import CPUOffloadPolicy" in fsdp_utils_src,
-        "`from torch.distributed.fsdp import CPUOffloadPolicy`",
-        "verl/utils/fsdp_utils.py",
+    _require_in_module(
+        "verl.utils.fsdp_utils",
+        "from torch.distributed.fsdp import CPUOffloadPolicy",
+        what="`from torch.distributed.fsdp import CPUOffloadPolicy`",
     )
-    spec = importlib.util.find_spec("verl.workers.engine.fsdp.transformer_impl")
-    _require(spec is not None and spec.origin is not None, "module verl.workers.engine.fsdp.transformer_impl", "verl")
-    with open(spec.origin, encoding="utf-8") as f:
-        engine_src = f.read()
-    _require(
-        "CPUOffloadPolicy(pin_memory=True)" in engine_src and "from verl.utils.fsdp_utils import (" in engine_src,
-        "`CPUOffloadPolicy(pin_memory=True)` taken from verl.utils.fsdp_utils",
-        "verl/workers/engine/fsdp/transformer_impl.py",
+    _require_in_module(
+        "verl.workers.engine.fsdp.transformer_impl",
+        "CPUOffloadPolicy(pin_memory=True)",
+        "from verl.utils.fsdp_utils import (",
+        what="`CPUOffloadPolicy(pin_memory=True)` taken from verl.utils.fsdp_utils",
     )
 
 
@@ -118,6 +154,7 @@ def _accelerator_available() -> bool:
     return torch.cuda.is_available()
 
 
+@_once
 def fsdp2_offload_policy_pins_memory() -> None:
     """Make FSDP2's ``CPUOffloadPolicy`` skip memory pinning on machines without an accelerator.
 
@@ -128,9 +165,6 @@ def fsdp2_offload_policy_pins_memory() -> None:
     Raises:
         PatchTargetChanged: if verl or torch no longer look as assumed.
     """
-    name = "fsdp2_offload_policy_pins_memory"
-    if name in _applied:
-        return
     _offload_policy_targets()
     import torch.distributed.fsdp as torch_fsdp
 
@@ -152,8 +186,6 @@ def fsdp2_offload_policy_pins_memory() -> None:
         module = sys.modules.get(module_name)
         if module is not None and getattr(module, "CPUOffloadPolicy", None) is not None:
             module.CPUOffloadPolicy = CPUOffloadPolicyNoPinWithoutAccelerator
-    _applied.add(name)
-    logger.debug("applied CPU patch %s", name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -171,27 +203,15 @@ _VALUEHEAD_PARAMS = ["local_path", "torch_dtype", "model_config", "trust_remote_
 def _valuehead_targets() -> Callable[..., Any]:
     import verl.utils.model as verl_model
 
-    fn = getattr(verl_model, "load_valuehead_model", None)
-    _require(fn is not None, "function load_valuehead_model", "verl/utils/model.py")
-    fn = getattr(fn, "_verl_agrae_original", fn)
-    _require(
-        list(inspect.signature(fn).parameters) == _VALUEHEAD_PARAMS,
-        f"load_valuehead_model{tuple(_VALUEHEAD_PARAMS)}",
-        "verl/utils/model.py",
-    )
-    _require(
-        'attn_implementation="flash_attention_2"' in _source(fn),
-        'attn_implementation="flash_attention_2" (the reason for this patch)',
-        "verl/utils/model.py load_valuehead_model",
-    )
+    flash = 'attn_implementation="flash_attention_2"'
+    where = "verl/utils/model.py"
+    reason = (flash, f"{flash} (the reason for this patch)")
+    fn = _target_function(verl_model, "load_valuehead_model", where, _VALUEHEAD_PARAMS, source_has=reason)
     _require(hasattr(verl_model, "patch_valuehead_model"), "function patch_valuehead_model", "verl/utils/model.py")
-    spec = importlib.util.find_spec("verl.workers.engine.fsdp.transformer_impl")
-    with open(spec.origin, encoding="utf-8") as f:
-        engine_src = f.read()
-    _require(
-        "from verl.utils.model import load_valuehead_model" in engine_src,
-        "a lazy `from verl.utils.model import load_valuehead_model`",
-        "verl/workers/engine/fsdp/transformer_impl.py",
+    _require_in_module(
+        "verl.workers.engine.fsdp.transformer_impl",
+        "from verl.utils.model import load_valuehead_model",
+        what="a lazy `from verl.utils.model import load_valuehead_model`",
     )
     return fn
 
@@ -229,6 +249,7 @@ def _load_valuehead_model_sdpa(local_path: str, torch_dtype: Any, model_config: 
         return model
 
 
+@_once
 def valuehead_model_hardcodes_flash_attention() -> None:
     """Load the critic's value-head model with ``sdpa`` instead of FlashAttention 2.
 
@@ -237,16 +258,11 @@ def valuehead_model_hardcodes_flash_attention() -> None:
     Raises:
         PatchTargetChanged: if verl no longer looks as assumed.
     """
-    name = "valuehead_model_hardcodes_flash_attention"
-    if name in _applied:
-        return
     original = _valuehead_targets()
     import verl.utils.model as verl_model
 
     _load_valuehead_model_sdpa._verl_agrae_original = original  # type: ignore[attr-defined]
     verl_model.load_valuehead_model = _load_valuehead_model_sdpa
-    _applied.add(name)
-    logger.debug("applied CPU patch %s", name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,31 +280,19 @@ _PG_PARAMS = ["timeout_second", "backend"]
 def _process_group_targets() -> Callable[..., Any]:
     import verl.utils.distributed as verl_dist
 
-    fn = getattr(verl_dist, "initialize_global_process_group_ray", None)
-    _require(fn is not None, "function initialize_global_process_group_ray", "verl/utils/distributed.py")
-    fn = getattr(fn, "_verl_agrae_original", fn)
-    _require(
-        list(inspect.signature(fn).parameters) == _PG_PARAMS,
-        f"initialize_global_process_group_ray{tuple(_PG_PARAMS)}",
-        "verl/utils/distributed.py",
-    )
-    _require(
-        'backend or f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"' in _source(fn),
-        'the default backend f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"',
-        "verl/utils/distributed.py initialize_global_process_group_ray",
-    )
-    spec = importlib.util.find_spec("verl.workers.engine_workers")
-    _require(spec is not None and spec.origin is not None, "module verl.workers.engine_workers", "verl")
-    with open(spec.origin, encoding="utf-8") as f:
-        workers_src = f.read()
-    _require(
-        "from verl.utils.distributed import initialize_global_process_group_ray" in workers_src,
-        "`from verl.utils.distributed import initialize_global_process_group_ray`",
-        "verl/workers/engine_workers.py",
+    default = 'f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"'
+    reason = (f"backend or {default}", f"the default backend {default}")
+    name = "initialize_global_process_group_ray"
+    fn = _target_function(verl_dist, name, "verl/utils/distributed.py", _PG_PARAMS, source_has=reason)
+    _require_in_module(
+        "verl.workers.engine_workers",
+        "from verl.utils.distributed import initialize_global_process_group_ray",
+        what="`from verl.utils.distributed import initialize_global_process_group_ray`",
     )
     return fn
 
 
+@_once
 def process_group_backend_names_cpu_twice() -> None:
     """Create worker process groups with ``cpu:gloo`` instead of ``cpu:gloo,cpu:gloo`` on the CPU.
 
@@ -298,9 +302,6 @@ def process_group_backend_names_cpu_twice() -> None:
     Raises:
         PatchTargetChanged: if verl no longer looks as assumed.
     """
-    name = "process_group_backend_names_cpu_twice"
-    if name in _applied:
-        return
     original = _process_group_targets()
     import verl.utils.distributed as verl_dist
 
@@ -314,8 +315,6 @@ def process_group_backend_names_cpu_twice() -> None:
         module = sys.modules.get(module_name)
         if module is not None and hasattr(module, "initialize_global_process_group_ray"):
             module.initialize_global_process_group_ray = initialize_global_process_group_ray
-    _applied.add(name)
-    logger.debug("applied CPU patch %s", name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -331,18 +330,12 @@ def process_group_backend_names_cpu_twice() -> None:
 def _trl_targets() -> Callable[..., Any]:
     import verl.utils.import_utils as import_utils
 
-    fn = getattr(import_utils, "is_trl_available", None)
-    _require(fn is not None, "function is_trl_available", "verl/utils/import_utils.py")
-    fn = getattr(fn, "_verl_agrae_original", fn)
-    spec = importlib.util.find_spec("verl.models.transformers.monkey_patch")
-    _require(spec is not None and spec.origin is not None, "module verl.models.transformers.monkey_patch", "verl")
-    with open(spec.origin, encoding="utf-8") as f:
-        src = f.read()
-    _require(
-        "from verl.utils.import_utils import is_trl_available" in src
-        and "from trl import AutoModelForCausalLMWithValueHead" in src,
-        "`is_trl_available()` guarding an import of trl's AutoModelForCausalLMWithValueHead",
-        "verl/models/transformers/monkey_patch.py",
+    fn = _target_function(import_utils, "is_trl_available", "verl/utils/import_utils.py")
+    _require_in_module(
+        "verl.models.transformers.monkey_patch",
+        "from verl.utils.import_utils import is_trl_available",
+        "from trl import AutoModelForCausalLMWithValueHead",
+        what="`is_trl_available()` guarding an import of trl's AutoModelForCausalLMWithValueHead",
     )
     return fn
 
@@ -360,7 +353,8 @@ def _trl_has_value_head() -> bool:
     return False
 
 
-def trl_without_value_head_breaks_model_build() -> None:
+@_once
+def trl_without_value_head_breaks_model_build() -> bool:
     """Report trl as available to verl only when it has ``AutoModelForCausalLMWithValueHead``.
 
     Answers ``apply_monkey_patch`` in ``verl/models/transformers/monkey_patch.py`` (through
@@ -369,12 +363,9 @@ def trl_without_value_head_breaks_model_build() -> None:
     Raises:
         PatchTargetChanged: if verl no longer looks as assumed.
     """
-    name = "trl_without_value_head_breaks_model_build"
-    if name in _applied:
-        return
     original = _trl_targets()
     if importlib.util.find_spec("trl") is None:
-        return  # nothing to answer; checked again if called later
+        return False  # nothing to answer; checked again if called later
 
     @functools.wraps(original)
     def is_trl_available() -> bool:
@@ -388,8 +379,7 @@ def trl_without_value_head_breaks_model_build() -> None:
         module = sys.modules.get(module_name)
         if module is not None and hasattr(module, "is_trl_available"):
             module.is_trl_available = is_trl_available
-    _applied.add(name)
-    logger.debug("applied patch %s", name)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -422,20 +412,16 @@ def _separate_async_logger_targets() -> Any:
     return trainer_separate_async
 
 
+@_once
 def separate_async_logs_with_print_keywords() -> None:
     """Let ``PPOTrainerSeparateAsync._setup`` log with ``flush=True`` without a TypeError.
 
     Raises:
         PatchTargetChanged: if verl no longer looks as assumed (e.g. the ``flush=True`` call was fixed).
     """
-    name = "separate_async_logs_with_print_keywords"
-    if name in _applied:
-        return
     module = _separate_async_logger_targets()
     if not isinstance(module.logger, _LoggerWithoutFlush):
         module.logger = _LoggerWithoutFlush(module.logger, {})
-    _applied.add(name)
-    logger.debug("applied patch %s", name)
 
 
 _PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {

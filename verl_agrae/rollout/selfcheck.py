@@ -5,8 +5,9 @@
 Builds a random Llama-style model in memory with :func:`verl_agrae.testing.tiny_model.tiny_llama`
 (no downloads, no tokenizer), then checks on the device: batched greedy decoding equals one-at-a-time
 decoding; returned log-probs equal a direct forward pass of the model (fp32); seeded sampling is
-reproducible inside a batch; and times 32 responses one at a time vs batched. Only torch and transformers are needed (no verl, no Ray), so it also runs on machines where verl
-is not installed. Exits non-zero when a check fails.
+reproducible inside a batch; and times 32 responses one at a time vs batched. Only torch and transformers
+are needed (no verl, no Ray), so it also runs on machines where verl is not installed. Exits non-zero when
+a check fails.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
-__all__ = ["CHATML_TEMPLATE", "SPECIAL_TOKENS", "build_tiny_model", "make_lively_model", "tiny_llama"]
+__all__ = ["CHATML_TEMPLATE", "SPECIAL_TOKENS", "build_tiny_model", "tiny_llama"]
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -180,24 +180,3 @@ def build_tiny_model(
     model.save_pretrained(out)
     marker.write_text(json.dumps(spec))
     return out
-
-
-def make_lively_model(src: str | Path, dst: str | Path, std: float = 0.5) -> Path:
-    """The "lively" twin of a :func:`build_tiny_model` directory: same arguments, weights from N(0, std^2).
-
-    Args:
-        src: a directory made by :func:`build_tiny_model` (its arguments are read from the marker file).
-        dst: output directory.
-        std: standard deviation of the weights.
-
-    Returns:
-        ``Path`` of ``dst``.
-
-    Raises:
-        ValueError: ``src`` was not made by :func:`build_tiny_model`.
-    """
-    marker = Path(src) / _MARKER
-    if not marker.is_file():
-        raise ValueError(f"{src} was not built by build_tiny_model (no {_MARKER})")
-    spec = {k: v for k, v in json.loads(marker.read_text()).items() if k != "std"}
-    return build_tiny_model(dst, **spec, std=std)

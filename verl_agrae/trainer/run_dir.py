@@ -117,40 +117,15 @@ class RunDir:
     """Paths and bookkeeping of one run directory."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).expanduser().resolve()
-
-    # -- paths -----------------------------------------------------------------------------------
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def rollouts(self) -> Path:
-        return self.root / "rollouts"
-
-    @property
-    def validation(self) -> Path:
-        return self.root / "validation"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.root / "summary.json"
+        self.root = root = Path(root).expanduser().resolve()
+        self.config_path = root / "config.yaml"
+        self.checkpoints = root / "checkpoints"
+        self.rollouts = root / "rollouts"
+        self.validation = root / "validation"
+        self.data = root / "data"
+        self.plots = root / "plots"
+        self.metrics_path = root / "metrics.jsonl"
+        self.summary_path = root / "summary.json"
 
     def attempts(self) -> list[Path]:
         return sorted(p for p in (self.root / "attempts").glob("attempt-*") if p.is_dir())
