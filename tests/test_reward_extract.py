@@ -47,7 +47,7 @@ def test_extract_linear_on_huge_adversarial_text():
     for text in ("\\boxed{" * 150_000, "{" * 1_000_000 + "\\boxed{1", "x" * 1_000_000 + " The answer is 5"):
         start = time.perf_counter()
         extract_answer(text)
-        assert time.perf_counter() - start < 5.0
+        assert time.perf_counter() - start < 20.0  # quadratic rescans take hours on these inputs
 
 
 def test_last_integer():

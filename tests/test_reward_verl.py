@@ -106,7 +106,7 @@ def test_compute_score_in_threaded_ray_actor(ray_session):
 
             self.fn = load_extern_object(path, "compute_score")
 
-        def score(self, source, sol, truth, timeout=5.0):
+        def score(self, source, sol, truth, timeout=60.0):  # ordinary items must not time out on a busy machine
             import threading
 
             start = time.monotonic()
@@ -128,7 +128,7 @@ def test_compute_score_in_threaded_ray_actor(ray_session):
     quick = [actor.score.remote(s, sol, t) for s, sol, t, _ in ITEMS]
     res, elapsed, on_main = ray.get(slow, timeout=300)
     assert res["timeout"] is True and res["acc"] is False
-    assert elapsed <= 1.0 + 1.0
+    assert elapsed <= 1.0 + 4.0  # killed at its limit (unbounded without the hard kill), with slack for load
     assert not on_main
     assert [r["acc"] for r, _, _ in ray.get(quick, timeout=300)] == [acc for *_, acc in ITEMS]
     assert ray.get(actor.pool_stats.remote()).timeouts == 1

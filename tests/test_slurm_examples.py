@@ -120,7 +120,9 @@ def test_example_configs_compose_and_validate(compose_module, combos):
         cfg = compose_module.compose_and_validate(cmd[3], cmd[4:])
         where = f"{script} {method}"
         agrae = method.endswith("+agrae")
-        assert cfg.algorithm.adv_estimator == ("agrae" if agrae else "grpo"), where
+        # every method runs `agrae`; the plain ones with both terms off (= verl's `grpo`, with the same diagnostics)
+        assert cfg.algorithm.adv_estimator == "agrae", where
+        assert cfg.algorithm.agrae.difficulty_shift is agrae and cfg.algorithm.agrae.suppress_correct is agrae, where
         if agrae:
             assert cfg.algorithm.agrae.alpha == alpha, where
             assert cfg.algorithm.agrae.success_threshold == (0.0 if method == "dapo+agrae" else None), where
