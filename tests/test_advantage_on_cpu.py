@@ -416,9 +416,9 @@ def test_groups_outside_the_batch_count_in_mu_only():
     torch.testing.assert_close(res.advantages, torch.tensor(ref, dtype=torch.float32))
     with pytest.raises(ValueError, match="success rates in \\[0, 1\\]"):
         agrae_sequence_advantage(r, torch.ones_like(r), uids, extra_group_success=[1.5])
-    assert res.mu_source == "generated" and res.groups_outside_batch == 3
+    assert res.mu_source == "generated" and res.extra_group_success == (1.0, 1.0, 0.0)
     alone = agrae_sequence_advantage(r, torch.ones_like(r), uids)
-    assert alone.mu_source == "batch" and alone.groups_outside_batch == 0 and alone.mu == alone.mu_batch
+    assert alone.mu_source == "batch" and alone.extra_group_success == () and alone.mu == alone.mu_batch
 
 
 def test_all_success_group_with_differing_rewards_is_not_blown_up():

@@ -134,7 +134,7 @@ def test_estimator_options_come_from_config_and_errors_name_the_key():
     torch.testing.assert_close(adv, expected)
     # The result carries the options it ran with and where mu came from.
     assert step.result.suppression == 1.0 and step.result.options.suppress_correct is False
-    assert step.result.mu_source == "generated" and step.result.groups_outside_batch == 0
+    assert step.result.mu_source == "generated" and step.result.extra_group_success == ()
     assert step.inputs["token_level_rewards"] is kw["token_level_rewards"]
     with pytest.raises(ValueError, match="algorithm.agrae.alpha"):
         fn(**_kw(data, {"agrae": {"alpha": -2}}))
@@ -149,7 +149,7 @@ def test_step_state_reaches_the_registered_estimator_and_does_not_leak():
     fn = get_adv_estimator_fn("agrae")
     with bind_step(AgraeStep()) as alone:
         fn(**_kw(data, algo))
-    with bind_step(AgraeStep(groups_outside_batch=[1.0] * 6)) as inside:
+    with bind_step(AgraeStep(dropped_groups={1.0: 6})) as inside:
         fn(**_kw(data, algo))
     unbound = AgraeStep()
     fn(**_kw(data, algo))  # no step bound: nobody receives the result, nothing is kept anywhere
@@ -157,7 +157,7 @@ def test_step_state_reaches_the_registered_estimator_and_does_not_leak():
     n = len(set(data.non_tensor_batch["uid"]))
     assert inside.result.mu_batch == alone.result.mu
     assert inside.result.mu == pytest.approx((alone.result.mu * n + 6) / (n + 6))
-    assert inside.result.groups_outside_batch == 6
+    assert inside.result.extra_group_success == (1.0,) * 6
 
 
 def _estimate_in_child(kw: dict) -> tuple[str, float]:
@@ -176,7 +176,7 @@ def test_advantages_computed_in_another_process_do_not_reach_the_trainer():
 
     data, algo, expected = _dataproto(4)
     kw = _kw(data, algo)
-    with bind_step(AgraeStep(groups_outside_batch=[1.0, 1.0])) as step:
+    with bind_step(AgraeStep(dropped_groups={1.0: 2})) as step:
         with mp.get_context("spawn").Pool(1) as pool:
             status, total = pool.apply(_estimate_in_child, (kw,))
     assert status == "ran" and total == pytest.approx(float(expected.abs().sum()), rel=1e-6)  # the batch's own mu

@@ -11,9 +11,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from verl_agrae.advantage import agrae_sequence_advantage
+from verl_agrae.advantage import agrae_sequence_advantage, dropped_group_success
 from verl_agrae.diagnostics import diagnostics_from_result
-from verl_agrae.integration.trainers import AgraeTrainerMixin, dropped_group_success
+from verl_agrae.integration.trainers import AgraeTrainerMixin
 
 DAPO_KEY = "_dapo_filtered_reward_counts"
 
@@ -122,7 +122,7 @@ def test_records_are_written_per_global_step(tmp_path, monkeypatch):
     rec = torch.load(tmp_path / "rec" / "step-00005.pt", weights_only=False)
     expected = agrae_sequence_advantage(tlr, torch.ones(12, 3), uids, extra_group_success=[1.0])
     assert rec["step"] == 5 and rec["estimator"] == "agrae" and rec["mu_source"] == "generated"
-    assert rec["mu"] == pytest.approx(expected.mu) and rec["groups_outside_batch"] == [1.0]
+    assert rec["mu"] == pytest.approx(expected.mu) and rec["extra_group_success"] == [1.0]
     assert rec["options"]["alpha"] == 1.0 and rec["index"] == [str(u) for u in uids]
     torch.testing.assert_close(rec["advantages"], expected.advantages[:, None].expand(12, 3))
     torch.testing.assert_close(rec["token_level_rewards"], tlr)

@@ -173,6 +173,6 @@ def test_dapo_agrae_mu_counts_the_groups_dynamic_sampling_dropped(tiny_model_dir
     assert rows[1]["agrae/mu"] == pytest.approx(expected_mu, abs=1e-6)
     assert rows[1]["agrae/mu_batch"] == pytest.approx(mu_batch, abs=1e-6)
     # The trained advantages are the estimator's with the pre-filter mu, and differ from the post-filter ones.
-    assert sorted(rec["groups_outside_batch"]) == sorted(dropped) and rec["mu_source"] == "generated"
+    assert sorted(rec["extra_group_success"]) == sorted(dropped) and rec["mu_source"] == "generated"
     torch.testing.assert_close(rec["advantages"], _agrae_expected(rec, dropped), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(rec["advantages"], _agrae_expected(rec), atol=1e-4)

@@ -20,7 +20,7 @@ statistic and always get a zero advantage.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "batch_mean_success",
     "compute_agrae_outcome_advantage",
     "difficulty_weight",
+    "dropped_group_success",
     "group_ids_from_index",
     "group_mean_std",
     "grae_advantage",
@@ -71,7 +72,7 @@ class AgraeResult:
         mu_source: where ``mu`` came from: :data:`MU_FROM_BATCH` (the batch alone: no caller said which groups
             were generated outside it) or :data:`MU_FROM_GENERATED` (the batch plus the groups generated for the
             step but left out of it, handed in by the trainer).
-        groups_outside_batch: number of such groups counted in ``mu``.
+        extra_group_success: success rates of those groups, as counted in ``mu`` (empty for the batch alone).
         suppression: factor ``min(1, mu / alpha)`` applied to positive advantages (1.0 when off).
         options: the options the estimator ran with.
     """
@@ -86,7 +87,7 @@ class AgraeResult:
     mu: float
     mu_batch: float
     mu_source: str
-    groups_outside_batch: int
+    extra_group_success: tuple[float, ...]
     suppression: float
     options: AgraeConfig
 
@@ -217,6 +218,27 @@ def success_from_rewards(
             )
         s = rewards.clamp(min=0.0, max=1.0)
     return torch.where(valid, s, torch.zeros_like(s))
+
+
+def dropped_group_success(dropped: Mapping[Any, int] | None, success_threshold: float | None) -> list[float]:
+    """Success rates of groups left out of the batch, one entry per group, by the one success rule.
+
+    Args:
+        dropped: ``{shared filter-metric value: group count}``, as verl's replay buffer reports the groups
+            dynamic sampling dropped (every response of such a group has the same value). None or empty: none.
+        success_threshold: A-GRAE's ``success_threshold``, applied as to the batch's rows.
+
+    Raises:
+        ValueError: a value outside [0, 1] with no threshold (e.g. filtering on DAPO's +-1 score).
+    """
+    items = list((dropped or {}).items())
+    if not items:
+        return []
+    values = torch.tensor([float(v) for v, _ in items], dtype=torch.float64)
+    success = success_from_rewards(
+        values, None, success_threshold, what="filter metric of a group dropped by dynamic sampling"
+    )
+    return [float(p) for p, (_, count) in zip(success.tolist(), items, strict=True) for _ in range(int(count))]
 
 
 def batch_mean_success(group_success: torch.Tensor, group_count: torch.Tensor) -> float:
@@ -413,7 +435,7 @@ def agrae_sequence_advantage(
         mu=used_mu,
         mu_batch=batch_mu,
         mu_source=source,
-        groups_outside_batch=0 if extra_group_success is None else int(extra.numel()),
+        extra_group_success=() if extra_group_success is None else tuple(extra.tolist()),
         suppression=factor,
         options=config,
     )

@@ -4,8 +4,10 @@ verl calls a registered estimator with a fixed set of keyword arguments (``token
 ``response_mask``, ``index``, ``config``, sometimes more) and keeps only ``(advantages, returns)``. Two things
 the trainer knows must still reach the estimator and come back:
 
-- in: the success rates of groups generated for the step but left out of the batch (DAPO's dynamic sampling
-  drops the all-solved and all-failed ones), so that ``mu`` is the mean over all generated groups;
+- in: the groups generated for the step but left out of the batch (DAPO's dynamic sampling drops the
+  all-solved and all-failed ones, reported by verl as ``{shared filter value: count}``), so that ``mu`` is the
+  mean over all generated groups. The estimator turns them into success rates with the options it parsed, by
+  the same rule as the batch's rows: the options are read once per step, here;
 - out: the full :class:`~verl_agrae.advantage.AgraeResult` (``mu``, where it came from, the suppression factor,
   the options used) for the step's metrics and records.
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 
-from verl_agrae.advantage import AgraeResult, agrae_sequence_advantage, to_token_level
+from verl_agrae.advantage import AgraeResult, agrae_sequence_advantage, dropped_group_success, to_token_level
 from verl_agrae.config import AgraeConfig
 
 __all__ = [
@@ -60,13 +62,14 @@ class AgraeStep:
     """What the trainer and the estimator exchange for one training step.
 
     Attributes:
-        groups_outside_batch: success rate of every group generated for the step but not in the batch (in).
+        dropped_groups: verl's ``{shared filter-metric value: group count}`` of the groups generated for the step
+            but not in the batch (in; empty without dynamic sampling).
         result: the estimator's result for the step, set by the estimator (out; None until it ran).
         inputs: ``token_level_rewards``, ``response_mask`` and ``index`` exactly as verl passed them (out; for
             the per-step records, references only, no copies).
     """
 
-    groups_outside_batch: Sequence[float] = ()
+    dropped_groups: Mapping[Any, int] = field(default_factory=dict)
     result: AgraeResult | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
 
@@ -109,13 +112,8 @@ def agrae_advantage_estimator(
     """
     options = AgraeConfig.from_algorithm(config)
     step = _current_step.get()
-    result = agrae_sequence_advantage(
-        token_level_rewards,
-        response_mask,
-        index,
-        options,
-        extra_group_success=None if step is None else step.groups_outside_batch,
-    )
+    extra = None if step is None else dropped_group_success(step.dropped_groups, options.success_threshold)
+    result = agrae_sequence_advantage(token_level_rewards, response_mask, index, options, extra_group_success=extra)
     if step is not None:
         step.result = result
         step.inputs = {"token_level_rewards": token_level_rewards, "response_mask": response_mask, "index": index}

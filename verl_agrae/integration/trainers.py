@@ -13,9 +13,9 @@ and ``separate_async`` trainers, plus:
   filter metric is identical across its responses, i.e. the all-solved and all-failed groups (p in {0, 1}).
   The batch the estimator sees has lost exactly those, so its own mean success rate is biased towards 0.5.
   verl's replay buffer reports the dropped groups per step as ``{shared metric value: group count}``; this
-  trainer turns them into success rates with the project's one success rule
-  (:func:`verl_agrae.advantage.success_from_rewards`) and hands them to the estimator in the step's
-  :class:`~verl_agrae.integration.estimator.AgraeStep`; ``mu`` is then the mean over all generated groups.
+  trainer hands them to the estimator in the step's :class:`~verl_agrae.integration.estimator.AgraeStep`, which
+  turns them into success rates with the project's one success rule
+  (:func:`verl_agrae.advantage.dropped_group_success`); ``mu`` is then the mean over all generated groups.
   Both values are logged: ``agrae/mu`` (used) and ``agrae/mu_batch`` (post-filter). Surplus mixed groups that
   the buffer generated beyond the batch and discarded are not counted: their rewards are never read.
 - **Per-step records** (``run.record_advantages``; ``VERL_AGRAE_RECORD_DIR`` in the TaskRunner's environment):
@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +41,8 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from verl_agrae.advantage import AgraeResult, success_from_rewards, to_token_level
+from verl_agrae.advantage import AgraeResult, to_token_level
 from verl_agrae.atomic import atomic_target
-from verl_agrae.config import AgraeConfig
 from verl_agrae.diagnostics import PREFIX, diagnostics_from_result
 from verl_agrae.integration.estimator import ESTIMATOR_NAME, AgraeStep, bind_step
 
@@ -54,7 +52,6 @@ __all__ = [
     "AgraeSeparateAsyncTrainer",
     "AgraeSyncTrainer",
     "AgraeTrainerMixin",
-    "dropped_group_success",
     "register_trainers",
     "step_record",
 ]
@@ -66,26 +63,6 @@ REF_POOL = "ref_pool"
 RECORD_DIR_ENV = "VERL_AGRAE_RECORD_DIR"
 #: Our trainer modes and the verl modes they extend.
 VERL_MODE = {"agrae_sync": "sync", "agrae_separate_async": "separate_async"}
-
-
-def dropped_group_success(dropped: Mapping[Any, int] | None, success_threshold: float | None) -> list[float]:
-    """Success rates of the groups dynamic sampling dropped, one entry per group.
-
-    Args:
-        dropped: verl's ``{shared filter-metric value: group count}`` for the step (None or empty: none).
-        success_threshold: A-GRAE's ``success_threshold``, applied by the same rule as to the batch's rows.
-
-    Raises:
-        ValueError: a value outside [0, 1] with no threshold (e.g. filtering on DAPO's +-1 score).
-    """
-    items = list((dropped or {}).items())
-    if not items:
-        return []
-    values = torch.tensor([float(v) for v, _ in items], dtype=torch.float64)
-    success = success_from_rewards(
-        values, None, success_threshold, what="filter metric of a group dropped by dynamic sampling"
-    )
-    return [float(p) for p, (_, count) in zip(success.tolist(), items, strict=True) for _ in range(int(count))]
 
 
 def step_record(step: AgraeStep, global_step: int) -> dict[str, Any]:
@@ -104,7 +81,7 @@ def step_record(step: AgraeStep, global_step: int) -> dict[str, Any]:
         "mu": float(result.mu),
         "mu_batch": float(result.mu_batch),
         "mu_source": result.mu_source,
-        "groups_outside_batch": list(step.groups_outside_batch),
+        "extra_group_success": list(result.extra_group_success),
     }
 
 
@@ -141,8 +118,7 @@ class AgraeTrainerMixin:
     def _compute_advantage(self, batch, metrics: dict):
         if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
             return super()._compute_advantage(batch, metrics)
-        threshold = AgraeConfig.from_algorithm(self.config.algorithm).success_threshold
-        step = AgraeStep(dropped_group_success(metrics.get(DAPO_FILTERED_REWARD_COUNTS_KEY), threshold))
+        step = AgraeStep(dropped_groups=metrics.get(DAPO_FILTERED_REWARD_COUNTS_KEY) or {})
         with bind_step(step):
             batch = super()._compute_advantage(batch, metrics)
         if step.result is None:
@@ -151,7 +127,7 @@ class AgraeTrainerMixin:
                 "step (was the advantage computed elsewhere, or did verl call another estimator?)"
             )
         metrics.update(diagnostics_from_result(step.result))
-        metrics[PREFIX + "groups_dropped"] = float(len(step.groups_outside_batch))
+        metrics[PREFIX + "groups_dropped"] = float(len(step.result.extra_group_success))
         record_dir = os.environ.get(RECORD_DIR_ENV)
         if record_dir:
             self._write_record(Path(record_dir), step)

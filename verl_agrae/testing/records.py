@@ -33,6 +33,6 @@ def recompute_advantages(record: dict[str, Any]) -> torch.Tensor:
         record["response_mask"],
         record["index"],
         AgraeConfig(**record["options"]),
-        extra_group_success=record["groups_outside_batch"] if record["mu_source"] == "generated" else None,
+        extra_group_success=record["extra_group_success"] if record["mu_source"] == "generated" else None,
     )
     return advantages
