@@ -188,3 +188,38 @@ def test_poll_interval_reaches_verls_replay_buffer():
     assert buffer_of(compose_config("grpo_agrae", [])).poll_interval == pytest.approx(2.0)  # verl's default
     with pytest.raises(ValueError, match="poll_interval must be > 0"):
         buffer_of(compose_config("cpu", ["trainer.v1.sampler.poll_interval=0"]))
+
+
+def test_a_checkpointed_step_keeps_its_metrics_when_the_final_log_is_lost(tmp_path, monkeypatch):
+    """verl saves a step's checkpoint before it logs the step; the mixin puts the step's metrics on disk first, and
+    the run directory merges them under verl's own rows (which win where both exist)."""
+    import json
+
+    from verl_agrae.trainer.run_dir import CHECKPOINTED_METRICS_FILE, RunDir
+
+    attempt = tmp_path / "run" / "attempts" / "attempt-01"
+    attempt.mkdir(parents=True)
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(attempt / "metrics.jsonl"))
+    seen_at_save = []
+
+    class _Base:
+        def step(self, metrics, timing_raw):
+            metrics.update({"actor/pg_loss": 0.5 * self.global_steps, "agrae/mu": 0.25, "note": "text"})
+
+        def _save_checkpoint(self):
+            seen_at_save.append((attempt / CHECKPOINTED_METRICS_FILE).read_text().count("\n"))
+
+    class _T(AgraeTrainerMixin, _Base):
+        pass
+
+    trainer = _T()
+    for step in (1, 2):  # verl logs step 1; the run dies after step 2's checkpoint, before its log
+        trainer.global_steps = step
+        metrics = {}
+        trainer.step(metrics, {})
+        trainer._save_checkpoint()
+    assert seen_at_save == [1, 2]  # written before each checkpoint
+    (attempt / "metrics.jsonl").write_text(json.dumps({"step": 1, "data": {"actor/pg_loss": 9.0}}) + "\n")
+    rows = {r["step"]: r for r in RunDir(tmp_path / "run").merge_metrics()}
+    assert rows[1]["actor/pg_loss"] == 9.0  # verl's own row wins
+    assert rows[2] == {"step": 2, "actor/pg_loss": 1.0, "agrae/mu": 0.25}  # survived; non-numbers left out

@@ -67,11 +67,13 @@ class AgraeStep:
         result: the estimator's result for the step, set by the estimator (out; None until it ran).
         inputs: ``token_level_rewards``, ``response_mask`` and ``index`` exactly as verl passed them (out; for
             the per-step records, references only, no copies).
+        advantages: the ``(bs, L)`` advantages returned to verl (out; a reference).
     """
 
     dropped_groups: Mapping[Any, int] = field(default_factory=dict)
     result: AgraeResult | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
+    advantages: torch.Tensor | None = None
 
 
 _current_step: ContextVar[AgraeStep | None] = ContextVar("verl_agrae_step", default=None)
@@ -114,10 +116,10 @@ def agrae_advantage_estimator(
     step = _current_step.get()
     extra = None if step is None else dropped_group_success(step.dropped_groups, options.success_threshold)
     result = agrae_sequence_advantage(token_level_rewards, response_mask, index, options, extra_group_success=extra)
-    if step is not None:
-        step.result = result
-        step.inputs = {"token_level_rewards": token_level_rewards, "response_mask": response_mask, "index": index}
     adv = to_token_level(result.advantages, response_mask)
+    if step is not None:
+        step.result, step.advantages = result, adv
+        step.inputs = {"token_level_rewards": token_level_rewards, "response_mask": response_mask, "index": index}
     return adv, adv
 
 

@@ -20,6 +20,11 @@ and ``separate_async`` trainers, plus:
   the buffer generated beyond the batch and discarded are not counted: their rewards are never read.
 - **Per-step records** (``run.record_advantages``; ``VERL_AGRAE_RECORD_DIR`` in the TaskRunner's environment):
   the estimator's inputs and outputs of step ``k`` in ``step-0000k.pt``, for tests and offline analysis.
+- **Metrics of a checkpointed step survive a crash.** verl saves a step's checkpoint before it logs the step's
+  metrics (and before it syncs weights to the rollout servers); a crash in between left a step that resume
+  skips (its checkpoint exists) with no metrics. Right before each checkpoint, the metrics the step has so far
+  are appended to ``checkpointed_metrics.jsonl`` next to verl's file-logger output (``VERL_FILE_LOGGER_PATH``),
+  which ``verl-agrae train`` merges under verl's own rows.
 - **Replay-buffer poll interval** ``trainer.v1.sampler.poll_interval`` (verl: fixed 2 s; ``cpu.yaml``: 0.2 s).
 - **Reference policy on its own pool** (``ref_pool.nnodes`` and ``ref_pool.n_gpus_per_node`` > 0, with
   ``actor_rollout_ref.hybrid_engine=False`` so the reference runs as its own worker group): verl puts it on
@@ -29,6 +34,7 @@ and ``separate_async`` trainers, plus:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -41,10 +47,11 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from verl_agrae.advantage import AgraeResult, to_token_level
+from verl_agrae.advantage import AgraeResult
 from verl_agrae.atomic import atomic_target
 from verl_agrae.diagnostics import PREFIX, diagnostics_from_result
 from verl_agrae.integration.estimator import ESTIMATOR_NAME, AgraeStep, bind_step
+from verl_agrae.trainer.run_dir import CHECKPOINTED_METRICS_FILE
 
 __all__ = [
     "RECORD_DIR_ENV",
@@ -76,7 +83,7 @@ def step_record(step: AgraeStep, global_step: int) -> dict[str, Any]:
         "token_level_rewards": step.inputs["token_level_rewards"].detach().cpu().clone(),
         "response_mask": mask.detach().cpu().clone(),
         "index": [str(u) for u in index] if index is not None else None,
-        "advantages": to_token_level(result.advantages, mask).detach().cpu().clone(),
+        "advantages": step.advantages.detach().cpu().clone(),  # what verl trained on
         "options": dataclasses.asdict(result.options),
         "mu": float(result.mu),
         "mu_batch": float(result.mu_batch),
@@ -132,6 +139,23 @@ class AgraeTrainerMixin:
         if record_dir:
             self._write_record(Path(record_dir), step)
         return batch
+
+    def step(self, metrics: dict, timing_raw: dict):
+        self._step_metrics = metrics  # the dict verl fills during the step and logs at its end
+        return super().step(metrics, timing_raw)
+
+    def _save_checkpoint(self):
+        # Before the checkpoint: once it exists, resume skips this step, so its metrics must already be on disk.
+        logger_path = os.environ.get("VERL_FILE_LOGGER_PATH")
+        metrics = getattr(self, "_step_metrics", None)
+        if logger_path and metrics is not None:
+            row = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            try:
+                with open(Path(logger_path).with_name(CHECKPOINTED_METRICS_FILE), "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": int(self.global_steps), "data": row}) + "\n")
+            except OSError:  # a by-product: it must never stop training
+                logger.exception("could not write the metrics of step %s before its checkpoint", self.global_steps)
+        return super()._save_checkpoint()
 
     def _write_record(self, record_dir: Path, step: AgraeStep) -> None:
         try:

@@ -6,7 +6,9 @@ Layout (``run.dir``)::
     checkpoints/                verl checkpoints (trainer.default_local_dir)
     rollouts/ validation/       verl's generation dumps (trainer.rollout_data_dir / validation_data_dir)
     attempts/attempt-01/        one folder per launch: config.yaml, metrics.jsonl (verl's file logger,
-                                which truncates its file, hence one per attempt), advantages/ (records)
+                                which truncates its file, hence one per attempt), checkpointed_metrics.jsonl
+                                (each checkpointed step's metrics, written before its checkpoint),
+                                advantages/ (records)
     metrics.jsonl               all attempts merged: one line per step, later attempts win per key
     plots/*.png                 per-step plots (see verl_agrae.trainer.plots)
     summary.json                validation accuracy before/after, steps, paths
@@ -27,6 +29,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from verl_agrae.atomic import atomic_write_text
+
+#: Metrics rows our trainer modes write right before each checkpoint (beside verl's file-logger output).
+CHECKPOINTED_METRICS_FILE = "checkpointed_metrics.jsonl"
 
 __all__ = [
     "RESUME_SAFE_KEYS",
@@ -170,8 +175,14 @@ class RunDir:
             atomic_write_text(self.config_path, text)
 
     def merge_metrics(self) -> list[dict[str, Any]]:
-        """Rewrite ``metrics.jsonl`` from every attempt's file; returns the merged rows."""
-        rows = merge_metrics(a / "metrics.jsonl" for a in self.attempts())
+        """Rewrite ``metrics.jsonl`` from every attempt's files; returns the merged rows.
+
+        Per attempt, the rows our trainer modes write at checkpoint time come first and verl's own rows second, so
+        verl's win where both exist; a step whose checkpoint was saved but whose final log was lost (a crash in
+        between) keeps the metrics it had at the checkpoint.
+        """
+        files = [a / name for a in self.attempts() for name in (CHECKPOINTED_METRICS_FILE, "metrics.jsonl")]
+        rows = merge_metrics(files)
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
         return rows
 
