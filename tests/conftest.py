@@ -12,6 +12,10 @@ import pytest
 # Everything that loads a model in tests must find it locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Ray runs its workers at niceness 15: beside any busy process on the machine they would get a few percent of the
+# cores and Ray-based tests would crawl for tens of minutes (seen with a 2-core CPU hog). `verl-agrae train` sets the
+# same for CPU runs (trainer/cpu_overrides.py); this covers the Ray sessions tests start themselves.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,16 @@ def test_cpu_worker_env_selects_the_platform_everywhere():
     assert "VERL_USE_EXTERNAL_MODULES" not in env  # the entry point is the one activation route
 
 
+def test_cpu_runs_keep_ray_workers_at_normal_priority(monkeypatch):
+    """Ray's default worker niceness (15) starves a CPU run beside any busy process; an explicit choice wins."""
+    from verl_agrae.trainer.cpu_overrides import cpu_worker_env
+
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    assert cpu_worker_env()["RAY_worker_niceness"] == "0"
+    monkeypatch.setenv("RAY_worker_niceness", "10")
+    assert cpu_worker_env()["RAY_worker_niceness"] == "10"
+
+
 def test_merge_metrics_later_attempts_win_and_torn_lines_are_skipped(tmp_path):
     from verl_agrae.trainer.run_dir import merge_metrics
 

@@ -108,6 +108,10 @@ def cpu_worker_env() -> dict[str, str]:
         # TransferQueue asks torch for 8 threads when it packs tensors and warns on every call (hundreds of
         # lines per run) when the machine has fewer physical cores; ask for what is there.
         "TQ_NUM_THREADS": os.environ.get("TQ_NUM_THREADS", str(psutil.cpu_count(logical=False) or cores)),
+        # Ray starts its workers at niceness 15; on a CPU machine they do all the work, so any other busy process
+        # (a build, a second job) would take ~97% of the cores from them and a step would crawl. Ray's own job
+        # manager runs job workers at 0 for the same reason. Read by the raylet this process starts.
+        "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0"),
     }
 
 
