@@ -51,7 +51,7 @@ from verl_agrae.advantage import AgraeResult
 from verl_agrae.atomic import atomic_target
 from verl_agrae.diagnostics import PREFIX, diagnostics_from_result
 from verl_agrae.integration.estimator import ESTIMATOR_NAME, AgraeStep, bind_step
-from verl_agrae.trainer.run_dir import CHECKPOINTED_METRICS_FILE
+from verl_agrae.trainer.run_dir import CHECKPOINTED_METRICS_FILE, RECORD_DIR_ENV
 
 __all__ = [
     "RECORD_DIR_ENV",
@@ -66,8 +66,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REF_POOL = "ref_pool"
-#: Directory for the per-step records (set by ``verl-agrae train`` when ``run.record_advantages`` is on).
-RECORD_DIR_ENV = "VERL_AGRAE_RECORD_DIR"
 #: Our trainer modes and the verl modes they extend.
 VERL_MODE = {"agrae_sync": "sync", "agrae_separate_async": "separate_async"}
 

@@ -355,7 +355,7 @@ def _main(argv: list[str] | None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from verl_agrae.trainer.cpu_overrides import add_worker_env
-    from verl_agrae.trainer.run_dir import ResumeConfigMismatch, RunDir
+    from verl_agrae.trainer.run_dir import RECORD_DIR_ENV, ResumeConfigMismatch, RunDir
 
     try:
         config = compose_config(args.config_name, overrides, args.config_dir)
@@ -401,7 +401,7 @@ def _main(argv: list[str] | None) -> int:
     run_dir.write_config(_with_run(config, run_cfg), attempt)
     add_env = {"VERL_FILE_LOGGER_PATH": str(attempt / "metrics.jsonl")}
     if run_cfg.get("record_advantages", False):
-        add_env["VERL_AGRAE_RECORD_DIR"] = str(attempt / "advantages")
+        add_env[RECORD_DIR_ENV] = str(attempt / "advantages")
     add_worker_env(config, add_env, replace=True)
 
     print(f"run directory: {run_dir.root} ({'resuming after step ' + str(start_step - 1) if resuming else 'new run'})")

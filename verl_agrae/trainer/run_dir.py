@@ -32,6 +32,8 @@ from verl_agrae.atomic import atomic_write_text
 
 #: Metrics rows our trainer modes write right before each checkpoint (beside verl's file-logger output).
 CHECKPOINTED_METRICS_FILE = "checkpointed_metrics.jsonl"
+#: Environment variable naming the directory of the per-step advantage records (``run.record_advantages``).
+RECORD_DIR_ENV = "VERL_AGRAE_RECORD_DIR"
 
 __all__ = [
     "RESUME_SAFE_KEYS",
