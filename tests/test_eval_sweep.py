@@ -1,4 +1,5 @@
-"""CPU sweeps with the tiny local model: resumption after failures and kills, CLI, config validation."""
+"""CPU sweeps with the tiny local model: resumption after failures and kills, CLI, config validation (vLLM settings
+included; the vLLM engine itself is tested in test_eval_vllm_cpu.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import pytest
 from verl_agrae.eval import cell as cell_mod
 from verl_agrae.eval.cli import main as eval_main
 from verl_agrae.eval.hf_backend import HFBackend
+from verl_agrae.eval.sampling import GenerationConfig
 from verl_agrae.eval.sweep import load_sweep, run_sweep
+from verl_agrae.eval.vllm_backend import engine_kwargs as vllm_engine_kwargs
+from verl_agrae.eval.vllm_backend import plan_num_engines, resolve_kv_cache_bytes, resolve_vllm_dtype
 
 N_PROBLEMS, N_SAMPLES, SHARD = 6, 4, 2  # 3 shards per cell
 
@@ -189,6 +193,13 @@ _BASE = "output_dir: o\nruns: [{name: a, model: m}]\nbenchmarks: [{name: x}]\n"
             "unknown",
         ),
         ("output_dir: o\nruns: [{name: a, model: m}]\nbenchmarks: [{name: x}]\nsampling: {top_p: 0}\n", "top_p"),
+        (_BASE + "generation: {kv_cache_gib: 0}\n", "generation.kv_cache_gib"),
+        (_BASE + "generation: {kv_cache_gib: -2}\n", "generation.kv_cache_gib"),
+        (_BASE + "generation: {kv_cache_gib: 4GB}\n", "generation.kv_cache_gib"),
+        (_BASE + "generation: {kv_cache_gib: .nan}\n", "generation.kv_cache_gib"),
+        (_BASE + "generation: {kv_cache_gib: true}\n", "generation.kv_cache_gib"),
+        (_BASE + "generation: {gpu_memory_utilization: 1.5}\n", "generation.gpu_memory_utilization"),
+        (_BASE + "generation: {enforce_eager: 'no'}\n", "generation.enforce_eager"),
     ],
 )
 def test_sweep_config_errors_name_the_problem(tmp_path, text, match):
@@ -232,3 +243,78 @@ def test_grade_cell_scores_with_the_reward_module(tmp_path):
     ensure_meta(cell / "samples", {"model": "other", "shard_size": 1, "num_problems": 2})
     with pytest.raises(ValueError, match="samples"):
         cell_mod.grade_cell(cell, timeout=5, num_workers=1, progress=False)
+
+
+def test_generation_config_accepts_vllm_cpu_options(tmp_path):
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text(_BASE + "generation: {backend: vllm, kv_cache_gib: 1.5, enforce_eager: true}\n")
+    gen = load_sweep(cfg).generation
+    assert gen.kv_cache_gib == 1.5 and gen.enforce_eager is True
+    assert GenerationConfig().kv_cache_gib is None and GenerationConfig().enforce_eager is False
+
+
+def test_vllm_dtype_resolution():
+    assert resolve_vllm_dtype("auto", on_cpu=True) == "float32"  # vLLM's own auto would be bf16 on CPU
+    assert resolve_vllm_dtype("auto", on_cpu=False) == "auto"
+    assert resolve_vllm_dtype("bf16", on_cpu=True) == "bfloat16"
+    assert resolve_vllm_dtype("float16", on_cpu=False) == "float16"
+    with pytest.raises(ValueError, match="generation.dtype"):
+        resolve_vllm_dtype("int8", on_cpu=True)
+
+
+def test_vllm_kv_cache_resolution():
+    gib = 1 << 30
+    opt = GenerationConfig(kv_cache_gib=0.5)
+    # The option, on either device.
+    assert resolve_kv_cache_bytes(opt, on_cpu=True, environ={}) == gib // 2
+    assert resolve_kv_cache_bytes(opt, on_cpu=False, environ={}) == gib // 2
+    # Unset: vLLM's GPU fraction on GPU; on CPU a quarter of the available memory within [1, 32] GiB.
+    assert resolve_kv_cache_bytes(GenerationConfig(), on_cpu=False, environ={}) is None
+    assert resolve_kv_cache_bytes(GenerationConfig(), on_cpu=True, available_bytes=20 * gib, environ={}) == 5 * gib
+    assert resolve_kv_cache_bytes(GenerationConfig(), on_cpu=True, available_bytes=2 * gib, environ={}) == gib
+    assert resolve_kv_cache_bytes(GenerationConfig(), on_cpu=True, available_bytes=512 * gib, environ={}) == 32 * gib
+    # vLLM applies VLLM_CPU_KVCACHE_SPACE last, so the resolved size is the variable's (GPU: not read by vLLM).
+    env = {"VLLM_CPU_KVCACHE_SPACE": "3"}
+    assert resolve_kv_cache_bytes(opt, on_cpu=True, environ=env) == 3 * gib
+    assert resolve_kv_cache_bytes(opt, on_cpu=False, environ=env) == gib // 2
+    with pytest.raises(ValueError, match="VLLM_CPU_KVCACHE_SPACE"):
+        resolve_kv_cache_bytes(opt, on_cpu=True, environ={"VLLM_CPU_KVCACHE_SPACE": "1.5"})
+
+
+def test_vllm_engine_kwargs_on_cpu_and_gpu():
+    gen = GenerationConfig(tensor_parallel_size=2, kv_cache_gib=2, enforce_eager=True, max_model_len=2048)
+    cpu = vllm_engine_kwargs("m", gen, 7, on_cpu=True, environ={})
+    assert cpu == {
+        "model": "m",
+        "tensor_parallel_size": 2,
+        "dtype": "float32",
+        "seed": 7,
+        "enable_prefix_caching": True,
+        "enforce_eager": True,
+        "generation_config": "vllm",
+        "kv_cache_memory_bytes": 2 << 30,
+        "max_model_len": 2048,
+    }  # no GPU fraction (vLLM would reserve it of all RAM) and no executor override on CPU
+    gpu = vllm_engine_kwargs("m", GenerationConfig(), 7, on_cpu=False, environ={})
+    assert gpu["gpu_memory_utilization"] == 0.85 and gpu["dtype"] == "auto"
+    assert "kv_cache_memory_bytes" not in gpu and "distributed_executor_backend" not in gpu
+    assert vllm_engine_kwargs("m", gen, 7, on_cpu=False, environ={})["distributed_executor_backend"] == "mp"
+
+
+def test_vllm_engine_plan():
+    assert plan_num_engines(GenerationConfig(num_engines=4), on_cpu=True, local_gpus=0, ray_address=None) == 1
+    assert plan_num_engines(GenerationConfig(), on_cpu=True, local_gpus=8, ray_address="auto") == 1
+    assert plan_num_engines(GenerationConfig(), on_cpu=False, local_gpus=8, ray_address=None) == 8
+    assert plan_num_engines(GenerationConfig(tensor_parallel_size=4), on_cpu=False, local_gpus=8, ray_address=None) == 2
+    assert plan_num_engines(GenerationConfig(), on_cpu=False, local_gpus=8, ray_address="10.0.0.1:6379") == -1
+    assert plan_num_engines(GenerationConfig(num_engines=3), on_cpu=False, local_gpus=8, ray_address=None) == 3
+
+
+def test_auto_backend_is_hf_without_vllm(monkeypatch):
+    import importlib.util
+
+    from verl_agrae.eval import vllm_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    assert vllm_backend.vllm_available() is False

@@ -132,7 +132,7 @@ def test_vllm_on_the_cpu_gets_its_settings_and_refuses_sleep_mode(composed, monk
     assert rollout.name == "vllm" and rollout.enable_sleep_mode is False and rollout.free_cache_engine is False
     budget = rollout.engine_kwargs.vllm.kv_cache_memory_bytes
     assert (
-        0 < budget <= cpu_overrides.VLLM_KV_CACHE_CAP_BYTES
+        0 < budget <= cpu_overrides.VLLM_KV_CACHE_BOUNDS_GIB[1] * 2**30
         and changed["actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes"] == budget
     )
 
@@ -155,3 +155,14 @@ def test_cpu_workers_keep_vllm_weights_live():
     from verl_agrae.trainer.cpu_overrides import cpu_worker_env
 
     assert cpu_worker_env()[LIVE_WEIGHTS_ENV] == "1"
+
+
+def test_vllm_cpu_kv_cache_budget_is_a_share_of_available_memory_within_bounds():
+    from verl_agrae.trainer import cpu_overrides
+    from verl_agrae.vllm_memory import GiB, cpu_kv_cache_bytes
+
+    share, bounds = cpu_overrides.VLLM_KV_CACHE_SHARE, cpu_overrides.VLLM_KV_CACHE_BOUNDS_GIB
+    assert (share, bounds) == (0.2, (0.0, 4.0))
+    assert cpu_kv_cache_bytes(share, bounds, available_bytes=10 * GiB) == 2 * GiB
+    assert cpu_kv_cache_bytes(share, bounds, available_bytes=40 * GiB) == 4 * GiB  # capped
+    assert cpu_kv_cache_bytes(0.25, (1.0, 32.0), available_bytes=2 * GiB) == 1 * GiB  # raised to the floor

@@ -129,7 +129,7 @@ def _rows(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
-def _check_run(run_dir: Path, steps: int = 2) -> dict[int, dict]:
+def _check_run(run_dir: Path, steps: int = 2) -> list[dict]:
     """verl trained on our estimator's advantages, with vLLM serving the synced weights."""
     from verl_agrae.testing.records import load_records, recompute_advantages
 
@@ -146,7 +146,7 @@ def _check_run(run_dir: Path, steps: int = 2) -> dict[int, dict]:
         assert "agrae/mu" in rows[step]
     gap = rows[steps]["training/rollout_probs_diff_max"]
     assert gap <= MAX_GAP_AFTER_SYNC, f"rollout/actor log-prob gap {gap} at step {steps}: weights did not reach vLLM"
-    return rows
+    return records
 
 
 def test_gpu_smoke_config_trains_grpo_agrae_on_vllm_on_the_cpu(tmp_path):
@@ -189,11 +189,27 @@ def test_dapo_agrae_trains_on_vllm_on_the_cpu(tmp_path):
         tmp_path / "run",
         "actor_rollout_ref.rollout.name=vllm",
         "run.record_advantages=true",
+        "reward.reward_kwargs.overlong_buffer_cfg.len=4",
         steps=2,
         device="cpu",
+        # Even answers solve every response of their group, so dynamic sampling has groups to drop.
+        reward="even_answer_or_parity_reward",
     )
     out = subprocess.run(
         [sys.executable, "-m", "verl_agrae.trainer.main", *argv], capture_output=True, text=True, timeout=1200
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
-    _check_run(tmp_path / "run")
+    records = _check_run(tmp_path / "run")
+    # Dynamic sampling dropped all-solved groups, and A-GRAE's mu counted them (the estimator saw them too).
+    assert any(len(rec["extra_group_success"]) for rec in records)
+    assert all(rec["mu_source"] == "generated" for rec in records)
+
+
+def test_vllm_patch_target_matches_and_our_plugin_is_registered_with_vllm():
+    from vllm.plugins import load_plugins_by_group
+
+    from verl_agrae.integration import patches, vllm_plugin
+
+    patches.check_targets()  # with vLLM installed this includes the vLLM target
+    plugins = load_plugins_by_group("vllm.general_plugins")
+    assert plugins.get("verl_agrae") is vllm_plugin.register

@@ -80,7 +80,8 @@ def generate_cell(
         model_dir: Hugging Face model directory.
         cell_dir: the cell's directory.
         sampling: sampling settings.
-        gen: generation settings; ``backend`` ``auto`` picks vLLM when it is importable and a GPU is visible.
+        gen: generation settings; ``backend`` ``auto`` picks vLLM where it runs (importable, and a CUDA GPU
+            visible or vLLM's CPU platform, see :func:`~verl_agrae.eval.vllm_backend.vllm_available`), else HF.
         backend_factory: override the backend (an object with ``generate(problems, start, sampling)``).
         progress: show a tqdm bar over shards.
         desc: progress-bar label.
@@ -126,6 +127,7 @@ def generate_cell(
             from verl_agrae.eval.vllm_backend import vllm_available
 
             backend_name = "vllm" if vllm_available() else "hf"
+            logger.info("generation.backend auto: using %s", backend_name)
         if backend_factory is None and backend_name == "vllm":
             import importlib.util
 

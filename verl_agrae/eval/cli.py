@@ -33,6 +33,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto")
     g.add_argument("--tensor-parallel-size", type=int, default=1)
     g.add_argument("--num-engines", type=int, default=0, help="vLLM engines (0: one per TP group of GPUs)")
+    g.add_argument("--kv-cache-gib", type=float, help="vLLM KV cache in GiB (default: GPU fraction / CPU memory share)")
+    g.add_argument("--enforce-eager", action="store_true", help="vLLM: no torch.compile/CUDA graphs (faster start)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +109,8 @@ def _sampling_from(args: argparse.Namespace):
         dtype=args.dtype,
         tensor_parallel_size=args.tensor_parallel_size,
         num_engines=args.num_engines,
+        kv_cache_gib=args.kv_cache_gib,
+        enforce_eager=args.enforce_eager,
     )
     return samp, gen
 

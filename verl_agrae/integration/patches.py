@@ -50,6 +50,7 @@ __all__ = [
     "valuehead_model_hardcodes_flash_attention",
     "verl_looks_up_vllm_by_distribution_name",
     "vllm_cpu_packs_linear_weights",
+    "vllm_live_weights_active",
     "weight_sync_timeout_s",
     "weight_sync_waits_forever",
 ]
@@ -719,6 +720,12 @@ def vllm_cpu_packs_linear_weights() -> None:
 
     dispatch_cpu_unquantized_gemm._verl_agrae_original = original  # type: ignore[attr-defined]
     importlib.import_module(_VLLM_GEMM_MODULE).dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
+
+
+def vllm_live_weights_active() -> bool:
+    """True when :func:`vllm_cpu_packs_linear_weights` is in effect in this process."""
+    dispatch = importlib.import_module(_VLLM_GEMM_MODULE).dispatch_cpu_unquantized_gemm
+    return hasattr(dispatch, "_verl_agrae_original")
 
 
 _PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {

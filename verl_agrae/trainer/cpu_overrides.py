@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from verl_agrae.integration.backends import CPU_PLATFORM_ENV
 from verl_agrae.integration.vllm_plugin import LIVE_WEIGHTS_ENV
+from verl_agrae.vllm_memory import cpu_kv_cache_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +70,11 @@ REQUIRED_VLLM_CPU_SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ),
 )
 
-#: KV cache of verl's vLLM rollout on the CPU unless set: this share of the memory available at start, capped.
+#: KV cache of verl's vLLM rollout on the CPU unless set: this share of the memory available at start, within
+#: these bounds (GiB). Smaller than evaluation's share (``eval/vllm_backend.py``): the actor and its optimizer
+#: state share the RAM during training.
 VLLM_KV_CACHE_SHARE = 0.2
-VLLM_KV_CACHE_CAP_BYTES = 4 * 2**30
+VLLM_KV_CACHE_BOUNDS_GIB = (0.0, 4.0)
 
 #: Logical CPUs declared to Ray: placement slots, not cores. Each pool bundle asks for several CPUs and
 #: the V1 trainer's TransferQueue actors one each; declaring the real core count deadlocks (row 3).
@@ -261,7 +264,7 @@ def _apply_vllm_cpu_settings(config: DictConfig, user: set[str]) -> dict[str, An
     # not free; a byte budget from what is available now is what a shared machine can give.
     key = "actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes"
     if not _user_set(key, user) and OmegaConf.select(config, key, default=None) is None:
-        budget = min(VLLM_KV_CACHE_CAP_BYTES, int(psutil.virtual_memory().available * VLLM_KV_CACHE_SHARE))
+        budget = cpu_kv_cache_bytes(VLLM_KV_CACHE_SHARE, VLLM_KV_CACHE_BOUNDS_GIB)
         _set(config, key, budget)
         changed[key] = budget
     return changed
