@@ -8,12 +8,34 @@
 # DRY_RUN=command prints the command only.
 #
 # Variables: MODEL (HF id or local dir), DATA_DIR (default: <repo>/data, filled by examples/prepare_data.sh),
-# NNODES (1), GPUS_PER_NODE (8), EXP (experiment name), PYTHON (for DRY_RUN), SBATCH_ARGS (LAUNCHER=slurm).
+# NNODES (1), GPUS_PER_NODE (8), EXP (experiment name), PYTHON (for DRY_RUN), SBATCH_ARGS (LAUNCHER=slurm),
+# SETTINGS (ours, default; or authors: the A-GRAE authors' released settings where they are settings rather than
+# defects, see docs/settings.md; reads the data prepared with SETTINGS=authors under $DATA_DIR/authors).
 
 AGRAE_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DATA_DIR=${DATA_DIR:-$AGRAE_REPO/data}
 NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+SETTINGS=${SETTINGS:-ours}
+case $SETTINGS in
+    ours) ;;
+    # The authors' prompts carry a system message: their data is prepared apart (examples/prepare_data.sh).
+    authors) DATA_DIR=$DATA_DIR/authors ;;
+    *)
+        echo "SETTINGS must be ours or authors, got '$SETTINGS'" >&2
+        exit 2
+        ;;
+esac
+
+# Validation sets of the math scripts (verl validates on each and reports each by data source). Ours: MATH-500,
+# AIME 2024, AIME 2025, AMC 2023. The authors validated on MATH test, AIME and AMC.
+agrae_math_val_files() {
+    if [[ $SETTINGS == authors ]]; then
+        echo "[$DATA_DIR/math/test.parquet,$DATA_DIR/aime2024/test.parquet,$DATA_DIR/aime2025/test.parquet,$DATA_DIR/amc23/test.parquet]"
+    else
+        echo "[$DATA_DIR/math500/test.parquet,$DATA_DIR/aime2024/test.parquet,$DATA_DIR/aime2025/test.parquet,$DATA_DIR/amc23/test.parquet]"
+    fi
+}
 
 # The paper's training recipe (arXiv 2602.05548): 1024 prompts x 8 rollouts per step, lr 1e-6, responses up
 # to 3072 tokens, 20 epochs. Micro-batching, offloading and vLLM memory are our choices for 8 x 80 GB GPUs.
@@ -67,6 +89,30 @@ agrae_method_overrides() {
     if [[ "$method" == *+agrae ]]; then
         AGRAE_OVERRIDES+=("algorithm.agrae.alpha=$alpha")
     fi
+    agrae_settings_overrides "$method"
+}
+
+# SETTINGS=authors: the authors' released settings that are choices, not defects (docs/settings.md). What they
+# got wrong stays fixed: A-GRAE runs, Dr.GRPO has no std normalisation, DAPO has dynamic sampling and overlong
+# shaping, no KL in the reward. Arg: method.
+agrae_settings_overrides() {
+    local method=$1
+    [[ $SETTINGS == authors ]] || return 0
+    AGRAE_OVERRIDES+=(actor_rollout_ref.actor.entropy_coeff=0.001 trainer.test_freq=7)
+    if [[ "$method" == grpo* ]]; then
+        # KL loss on with coefficient 0: no effect on the update, but the reference pass runs, as theirs did.
+        AGRAE_OVERRIDES+=(actor_rollout_ref.actor.use_kl_loss=True actor_rollout_ref.actor.kl_loss_coef=0.0)
+    fi
+}
+
+# Geometry3K's reward in the authors' runs (which their alpha = 0.5 went with): 0.9 accuracy + 0.1 format.
+agrae_geometry3k_reward_overrides() {
+    [[ $SETTINGS == authors ]] || return 0
+    AGRAE_OVERRIDES+=(
+        reward.custom_reward_function.path=pkg://verl_agrae.reward.format_reward
+        reward.custom_reward_function.name=accuracy_and_format_score
+        +reward.custom_reward_function.reward_kwargs.format_weight=0.1
+    )
 }
 
 agrae_example_launch() {

@@ -11,12 +11,27 @@
 #   gsm8k/train.jsonl gsm8k/test.jsonl
 #   dapo-math-17k.parquet          BytedTsinghua-SIA/DAPO-Math-17k
 #   geometry3k/train.parquet geometry3k/test.parquet   hiyouga/geometry3k (images embedded)
+#
+# SETTINGS=authors writes the same files under DATA_DIR/authors with the system message of the A-GRAE authors'
+# runs ("You are a helpful assistant."), which the training scripts read with SETTINGS=authors (docs/settings.md).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RAW_DIR=${RAW_DIR:-$repo/data/raw}
 DATA_DIR=${DATA_DIR:-$repo/data}
 VERL_AGRAE=${VERL_AGRAE:-verl-agrae}
+extra=()
+case ${SETTINGS:-ours} in
+    ours) ;;
+    authors)
+        DATA_DIR=$DATA_DIR/authors
+        extra=(--system-prompt "You are a helpful assistant.")
+        ;;
+    *)
+        echo "SETTINGS must be ours or authors, got '$SETTINGS'" >&2
+        exit 2
+        ;;
+esac
 
 # convert NAME SPLIT OUTPUT INPUT...: the first existing input is converted.
 convert() {
@@ -24,7 +39,7 @@ convert() {
     shift 3
     for input in "$@"; do
         if [[ -e "$RAW_DIR/$input" ]]; then
-            "$VERL_AGRAE" data "$name" "$RAW_DIR/$input" -o "$DATA_DIR/$out" --split "$split"
+            "$VERL_AGRAE" data "$name" "$RAW_DIR/$input" -o "$DATA_DIR/$out" --split "$split" "${extra[@]}"
             return
         fi
     done

@@ -184,6 +184,8 @@ def test_advantages_computed_in_another_process_do_not_reach_the_trainer():
 
 
 def test_trainer_raises_when_the_estimator_ran_elsewhere():
+    from types import SimpleNamespace
+
     from verl_agrae.integration.trainers import AgraeTrainerMixin
 
     class _Base:
@@ -200,7 +202,7 @@ def test_trainer_raises_when_the_estimator_ran_elsewhere():
 
     trainer = _Trainer(OmegaConf.create({"algorithm": {"adv_estimator": "agrae", "agrae": {}}}))
     with pytest.raises(RuntimeError, match="did not run in the trainer's process"):
-        trainer._compute_advantage(object(), {})
+        trainer._compute_advantage(SimpleNamespace(non_tensor_batch={}), {})
 
 
 def test_trainer_modes_register_lazily_when_verl_v1_is_imported():

@@ -161,6 +161,7 @@ def test_our_modes_are_verls_modes_inside_verls_trainer_base(ours, verls):
     reads `trainer.v1.<mode>`; under our names it must see verl's, or `agrae_sync` would run as an async mode."""
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 
+    from verl_agrae.integration.replay_buffer import AgraeReplayBuffer
     from verl_agrae.integration.trainers import AgraeSeparateAsyncTrainer, AgraeSyncTrainer
     from verl_agrae.trainer.main import compose_config
 
@@ -171,7 +172,9 @@ def test_our_modes_are_verls_modes_inside_verls_trainer_base(ours, verls):
     trainer.trainer_mode = config.trainer.v1.trainer_mode  # what verl's base does with the config value
     assert trainer.trainer_mode == verls
     buffer = trainer._build_replay_buffer()
-    assert type(buffer) is (ReplayBuffer if verls == "sync" else ReplayBufferAsync)
+    # verl's sync buffer, adopted by ours (which adds the left-out groups' success and the generation cap).
+    assert type(buffer) is (AgraeReplayBuffer if verls == "sync" else ReplayBufferAsync)
+    assert isinstance(buffer, ReplayBuffer if verls == "sync" else ReplayBufferAsync)
 
 
 def test_poll_interval_reaches_verls_replay_buffer():

@@ -62,12 +62,43 @@ def test_command_has_paper_settings(script, method):
     if script.startswith("math/"):
         assert ov["data.train_batch_size"] == "1024" and ov["data.max_response_length"] == "3072"
         assert ov["data.train_files"] == "/data/math/train.parquet"
-        assert ov["data.val_files"] == "/data/math500/test.parquet"
+        sets = ["math500/test", "aime2024/test", "aime2025/test", "amc23/test"]
+        assert ov["data.val_files"] == "[" + ",".join(f"/data/{v}.parquet" for v in sets) + "]"
     else:
         assert ov["data.train_files"] == "/data/geometry3k/train.parquet"
         assert ov["data.image_key"] == "images" and ov["data.train_batch_size"] == "512"
     assert ov["trainer.save_freq"] == "5"  # extra arguments come last and win
     assert ov["trainer.experiment_name"].endswith(method.replace("+", "_"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_authors_settings_switch(script, method):
+    """SETTINGS=authors: the authors' choices (entropy bonus, KL loss at 0 in GRPO, system prompt data, validation
+    every 7 steps on MATH test + AIME + AMC, Geometry3K's format reward); the fixes stay (packaged configs)."""
+    ours = _overrides(_command(script, method), method)
+    ov = _overrides(_command(script, method, SETTINGS="authors"), method)
+    assert ov["actor_rollout_ref.actor.entropy_coeff"] == "0.001" and ov["trainer.test_freq"] == "7"
+    assert "actor_rollout_ref.actor.entropy_coeff" not in ours and ours["trainer.test_freq"] == "10"
+    if method.startswith("grpo"):
+        assert (
+            ov["actor_rollout_ref.actor.use_kl_loss"] == "True" and ov["actor_rollout_ref.actor.kl_loss_coef"] == "0.0"
+        )
+    else:
+        assert "actor_rollout_ref.actor.kl_loss_coef" not in ov  # Dr.GRPO and DAPO keep no KL term
+    assert ov["data.train_files"].startswith("/data/authors/")  # prepared with the system message
+    if script.startswith("math/"):
+        sets = ["math/test", "aime2024/test", "aime2025/test", "amc23/test"]
+        assert ov["data.val_files"] == "[" + ",".join(f"/data/authors/{v}.parquet" for v in sets) + "]"
+    else:
+        assert ov["reward.custom_reward_function.name"] == "accuracy_and_format_score"
+        assert ov["+reward.custom_reward_function.reward_kwargs.format_weight"] == "0.1"
+    assert "reward.custom_reward_function.name" not in ours
+
+
+def test_unknown_settings_are_refused():
+    res = _dry_run("math/qwen2.5-math-7b.sh", "grpo", SETTINGS="paper")
+    assert res.returncode == 2 and "SETTINGS must be ours or authors" in res.stderr
 
 
 def test_every_script_states_its_gpus():
@@ -100,25 +131,34 @@ def compose_module():
 
 # Every method on the headline script, and every other script with the richest method (the method
 # blocks are shared, so this covers every key of every script); the full 4 x 6 product is the slow test.
-FAST_COMBOS = [("math/qwen2.5-math-7b.sh", m) for m in METHODS] + [
-    (script, "dapo+agrae") for script in SCRIPTS if script != "math/qwen2.5-math-7b.sh"
+FAST_COMBOS = [("math/qwen2.5-math-7b.sh", m, "ours") for m in METHODS] + [
+    (script, "dapo+agrae", "ours") for script in SCRIPTS if script != "math/qwen2.5-math-7b.sh"
+]
+# SETTINGS=authors: GRPO + A-GRAE (KL at 0) on a math script, and the multimodal one (format reward).
+AUTHORS_COMBOS = [
+    ("math/qwen2.5-math-7b.sh", "grpo+agrae", "authors"),
+    ("vl/qwen2.5-vl-3b-geometry3k.sh", "grpo+agrae", "authors"),
 ]
 
 
 @pytest.mark.parametrize(
     "combos",
     [
-        pytest.param(FAST_COMBOS, id="each-script-and-method"),
-        pytest.param([(s, m) for s in SCRIPTS for m in METHODS], id="all-24", marks=pytest.mark.slow),
+        pytest.param(FAST_COMBOS + AUTHORS_COMBOS, id="each-script-and-method"),
+        pytest.param(
+            [(s, m, settings) for s in SCRIPTS for m in METHODS for settings in ("ours", "authors")],
+            id="all-48",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_example_configs_compose_and_validate(compose_module, combos):
     """Settings through the same composition as `verl-agrae train`, then verl's own validate_config."""
-    for script, method in combos:
+    for script, method, settings in combos:
         alpha = SCRIPTS[script][1]
-        cmd = _command(script, method)
+        cmd = _command(script, method, SETTINGS=settings)
         cfg = compose_module.compose_and_validate(cmd[3], cmd[4:])
-        where = f"{script} {method}"
+        where = f"{script} {method} SETTINGS={settings}"
         agrae = method.endswith("+agrae")
         # every method runs `agrae`; the plain ones with both terms off (= verl's `grpo`, with the same diagnostics)
         assert cfg.algorithm.adv_estimator == "agrae", where
@@ -130,6 +170,10 @@ def test_example_configs_compose_and_validate(compose_module, combos):
         assert cfg.algorithm.norm_adv_by_std_in_grpo is (not method.startswith("drgrpo")), where
         assert actor.loss_agg_mode == ("seq-mean-token-sum-norm" if method.startswith("drgrpo") else "token-mean")
         assert actor.use_kl_loss is method.startswith("grpo"), where
+        assert actor.kl_loss_coef == (0.0 if settings == "authors" else 0.001) or not actor.use_kl_loss, where
+        assert actor.entropy_coeff == (0.001 if settings == "authors" else 0.0), where
+        if method.startswith("drgrpo"):
+            assert actor.loss_scale_factor == cfg.data.max_response_length, where
         assert actor.optim.lr == 1e-6 and cfg.actor_rollout_ref.rollout.n == 8 and cfg.trainer.total_epochs == 20
         if method.startswith("dapo"):
             assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.clip_ratio_c) == (0.2, 0.28, 10.0), where
@@ -140,7 +184,11 @@ def test_example_configs_compose_and_validate(compose_module, combos):
         else:
             assert not cfg.algorithm.filter_groups.enable, where
             assert cfg.reward.reward_manager.name == "naive", where
-        assert cfg.reward.custom_reward_function.path == "pkg://verl_agrae.reward", where
+        if settings == "authors" and script.startswith("vl/"):
+            assert cfg.reward.custom_reward_function.path == "pkg://verl_agrae.reward.format_reward", where
+            assert cfg.reward.custom_reward_function.reward_kwargs.format_weight == 0.1, where
+        else:
+            assert cfg.reward.custom_reward_function.path == "pkg://verl_agrae.reward", where
 
 
 def test_bad_override_is_refused(compose_module, capsys):
@@ -173,6 +221,21 @@ def test_prepare_data_converts_what_exists(tmp_path):
     assert (tmp_path / "data" / "amc23" / "test.parquet").is_file()
     assert "math500: read 1 rows, wrote 1" in res.stdout
     assert "skip aime2025 (test)" in res.stderr and "skip geometry3k (train)" in res.stderr
+
+    authors = subprocess.run(
+        ["bash", str(EXAMPLES / "prepare_data.sh")],
+        env={**env, "SETTINGS": "authors"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert authors.returncode == 0, authors.stderr
+    import pandas as pd
+
+    (prompt,) = pd.read_parquet(tmp_path / "data" / "authors" / "math500" / "test.parquet")["prompt"]
+    assert prompt[0]["role"] == "system" and prompt[0]["content"] == "You are a helpful assistant."
+    (ours,) = pd.read_parquet(tmp_path / "data" / "math500" / "test.parquet")["prompt"]
+    assert [m["role"] for m in ours] == ["user"]
 
 
 @pytest.mark.slow

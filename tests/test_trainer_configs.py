@@ -47,6 +47,7 @@ def test_semantics(base, agrae):
     if base == "drgrpo":  # the authors' "Dr.GRPO" kept std normalisation: this one does not
         assert cfg.algorithm.norm_adv_by_std_in_grpo is False
         assert actor.loss_agg_mode == "seq-mean-token-sum-norm"
+        assert actor.loss_scale_factor == 1024  # a constant: data.max_response_length
         assert actor.use_kl_loss is False and cfg.algorithm.use_kl_in_reward is False
     if base == "dapo":  # the authors' "DAPO" had neither dynamic sampling nor overlong shaping, and kept KL
         assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.clip_ratio_c) == (0.2, 0.28, 10.0)

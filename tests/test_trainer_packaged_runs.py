@@ -62,8 +62,9 @@ def _grpo_by_hand(rec: dict, norm_by_std: bool) -> torch.Tensor:
     return adv[:, None] * mask
 
 
-def _agrae_expected(rec: dict, dropped: list[float] | None = None) -> torch.Tensor:
-    """Our pure estimator on the record's batch; ``dropped``: success rates of groups outside the batch."""
+def _agrae_expected(rec: dict, dropped: list[float] | None = None, acc: torch.Tensor | None = None) -> torch.Tensor:
+    """Our pure estimator on the record's batch; ``dropped``: success rates of groups outside the batch; ``acc``:
+    the rows' acc."""
     from verl_agrae.advantage import compute_agrae_outcome_advantage
     from verl_agrae.config import AgraeConfig
 
@@ -73,6 +74,7 @@ def _agrae_expected(rec: dict, dropped: list[float] | None = None) -> torch.Tens
         rec["index"],
         AgraeConfig(**rec["options"]),
         extra_group_success=dropped,
+        acc=acc,
     )
     return advantages
 
@@ -157,22 +159,79 @@ def test_dapo_trains_with_dynamic_sampling(tiny_model_dir, data_dir, tmp_path):
     torch.testing.assert_close(rec["advantages"], _grpo_by_hand(rec, True), rtol=1e-5, atol=1e-5)
 
 
-def test_dapo_agrae_mu_counts_the_groups_dynamic_sampling_dropped(tiny_model_dir, data_dir, tmp_path):
+def test_dapo_agrae_mu_is_the_mean_success_of_every_generated_group(tiny_model_dir, data_dir, tmp_path):
+    """mu counts the batch, the groups dynamic sampling dropped and the surplus mixed groups verl discarded, each by
+    its responses' `acc` (a correct answer cut at the length limit scores 0 under DAPO's overlong shaping but
+    succeeded). The reward log rebuilds every generated group independently of verl's and our accounting."""
     rows, rec, generated = _dapo_run("dapo_agrae", tiny_model_dir, data_dir, tmp_path)
     scores, _, groups = _groups(rec)
-    kept = [float((scores[g] > 0).float().mean()) for g in groups]  # success = score > threshold 0
-    dropped = [float(all(g)) for g in generated if all(g) or not any(g)]
-    assert any(dropped), "no all-solved group was dropped"
-    # mu over every generated group that had a say: the kept ones and the dropped uniform ones. Surplus
-    # mixed groups (generated beyond the batch and discarded unread) do not count (integration/trainers.py).
-    expected_mu = (sum(kept) + sum(dropped)) / (len(kept) + len(dropped))
-    mu_batch = sum(kept) / len(kept)
-    assert rec["mu"] == pytest.approx(expected_mu, abs=1e-6)
-    assert rec["mu_batch"] == pytest.approx(mu_batch, abs=1e-6)
-    assert rec["mu"] != pytest.approx(rec["mu_batch"], abs=1e-3)
+    assert rows[1]["agrae/groups_surplus"] > 0, "no surplus group: the test would not show they are counted"
+    assert rows[1]["agrae/groups_surplus"] == rows[1]["training/filter_groups/discarded_surplus_samples"]
+    assert rows[1]["agrae/groups_dropped"] > 0
+    every = [sum(g) / len(g) for g in generated]
+    assert len(every) == len(groups) + rows[1]["agrae/groups_dropped"] + rows[1]["agrae/groups_surplus"]
+    assert rows[1]["agrae/prompts_generated"] == len(every)
+    expected_mu = sum(every) / len(every)
+    assert rec["mu"] == pytest.approx(expected_mu, abs=1e-9) and rec["mu_source"] == "generated"
     assert rows[1]["agrae/mu"] == pytest.approx(expected_mu, abs=1e-6)
-    assert rows[1]["agrae/mu_batch"] == pytest.approx(mu_batch, abs=1e-6)
-    # The trained advantages are the estimator's with the pre-filter mu, and differ from the post-filter ones.
-    assert sorted(rec["extra_group_success"]) == sorted(dropped) and rec["mu_source"] == "generated"
-    torch.testing.assert_close(rec["advantages"], _agrae_expected(rec, dropped), rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(rec["advantages"], _agrae_expected(rec), atol=1e-4)
+    # The batch's groups and the left-out ones are exactly the generated groups, by their success rates.
+    batch_p = [float(rec["acc"][g].mean()) for g in groups]
+    assert sorted(batch_p + rec["extra_group_success"]) == pytest.approx(sorted(every), abs=1e-9)
+    assert rec["mu_batch"] == pytest.approx(sum(batch_p) / len(batch_p), abs=1e-9)
+    # Success is acc, also where the overlong penalty took a correct answer's score to 0 or below.
+    truncated_correct = (rec["acc"] == 1) & (scores <= 0)
+    assert truncated_correct.any(), "no correct response at the length limit: the acc rule is not exercised"
+    assert (rec["success"][truncated_correct] == 1).all()
+    torch.testing.assert_close(rec["success"], rec["acc"].to(rec["success"].dtype))
+    # The trained advantages are the estimator's with that mu, and differ from the batch-only ones.
+    torch.testing.assert_close(
+        rec["advantages"], _agrae_expected(rec, rec["extra_group_success"], acc=rec["acc"]), rtol=1e-5, atol=1e-6
+    )
+    assert not torch.allclose(rec["advantages"], _agrae_expected(rec, acc=rec["acc"]), atol=1e-4)
+
+
+CAP = ["algorithm.filter_groups.max_num_gen_batches=2"]  # 2 x data.train_batch_size (2) = 4 prompts per step
+
+
+def test_generation_cap_train_fills_the_batch_with_filtered_groups(tiny_model_dir, data_dir, tmp_path):
+    """Every group all-solved: dynamic sampling alone would consume the dataset. At the cap (4 prompts) with
+    on_generation_cap=train, the buffer stops evicting, generates only what the batch lacks and trains."""
+    run_dir = tmp_path / "run"
+    rows = _run(
+        "dapo_agrae",
+        tiny_model_dir,
+        data_dir,
+        run_dir,
+        *CAP,
+        "trainer.v1.sampler.on_generation_cap=train",
+        "reward.reward_kwargs.overlong_buffer_cfg.len=4",
+        reward="always_correct_reward",
+    )
+    (rec,) = _records(run_dir)
+    assert rows[1]["agrae/generation_cap_reached"] == 1.0
+    # 2 initial prompts dropped, the refill of 4 cut to the 2 the cap allows: 4 prompts, all in the cap.
+    assert rows[1]["agrae/prompts_generated"] == 4.0
+    assert rows[1]["agrae/groups_dropped"] == 2.0
+    _, _, groups = _groups(rec)
+    assert len(groups) == 2  # a full batch, of all-solved groups
+    assert rec["mu"] == rec["mu_batch"] == 1.0
+    assert torch.count_nonzero(rec["advantages"]) == 0  # filtered groups carry no gradient
+
+
+@pytest.mark.slow
+def test_generation_cap_error_stops_the_run_naming_the_keys(tiny_model_dir, data_dir, tmp_path, capsys):
+    from verl_agrae.trainer.main import main
+
+    argv = tiny_run_argv(
+        "dapo_agrae",
+        tiny_model_dir,
+        data_dir,
+        tmp_path / "run",
+        *CAP,
+        "reward.reward_kwargs.overlong_buffer_cfg.len=4",
+        reward="always_correct_reward",
+    )
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "GenerationCapReached" in err and "reached its generation cap at step 1: 4 prompts generated" in err
+    assert "algorithm.filter_groups.max_num_gen_batches" in err and "on_generation_cap=train" in err

@@ -43,6 +43,7 @@ __all__ = [
     "group_mean_std",
     "grae_advantage",
     "success_from_rewards",
+    "success_of_responses",
     "to_token_level",
     "valid_rows",
 ]
@@ -183,10 +184,10 @@ def success_from_rewards(
     success_threshold: float | None = None,
     what: str = "outcome reward",
 ) -> torch.Tensor:
-    """Per-response success ``s_i`` (spec, Notation): the one success rule of the project.
+    """Per-response success ``s_i`` (spec, Notation) from outcome rewards alone.
 
-    Used for the batch's rows (the estimator), for the groups dynamic sampling dropped (their shared filter value,
-    by the trainer) and for diagnostics, so the three can never disagree at an edge.
+    The success rule where the reward function reports no ``acc`` (:func:`success_of_responses` is the whole
+    rule); also applied to the shared filter values verl reports for dropped groups when no ``acc`` is known.
 
     Args:
         rewards: ``(n,)`` outcome rewards ``r_i`` (or shared per-group values).
@@ -218,6 +219,50 @@ def success_from_rewards(
             )
         s = rewards.clamp(min=0.0, max=1.0)
     return torch.where(valid, s, torch.zeros_like(s))
+
+
+def success_of_responses(
+    scores: torch.Tensor,
+    acc: torch.Tensor | None,
+    valid: torch.Tensor | None = None,
+    success_threshold: float | None = None,
+    what: str = "outcome reward",
+) -> torch.Tensor:
+    """Per-response success ``s_i``: the project's one success rule.
+
+    When the reward function reports ``acc`` (its own verdict on the answer, ``reward_extra_info["acc"]``), success
+    is ``acc``: a correct answer that DAPO's overlong shaping pushed to a score of 0 or below still succeeded.
+    Otherwise success comes from the score (:func:`success_from_rewards`: the score itself when it lies in
+    [0, 1], ``1[score > success_threshold]`` when a threshold is set). Used for the batch's rows (the estimator)
+    and for every group left out of the batch (dynamic sampling's dropped and surplus groups, read by our replay
+    buffer), so they can never disagree at an edge.
+
+    Args:
+        scores: ``(n,)`` outcome scores (sum of the token-level rewards).
+        acc: ``(n,)`` the reward function's ``acc`` per response, or None when it reports none.
+        valid: ``(n,)`` bool, rows that count; None: all.
+        success_threshold: see :func:`success_from_rewards` (unused when ``acc`` is given).
+        what: what ``scores`` are, for error messages.
+
+    Returns:
+        ``(n,)`` float success in [0, 1], 0 on invalid rows.
+
+    Raises:
+        ValueError: ``acc`` with the wrong shape or outside [0, 1]; scores outside [0, 1] with neither ``acc``
+            nor a threshold.
+    """
+    if acc is None:
+        return success_from_rewards(scores, valid, success_threshold, what)
+    acc = torch.as_tensor(acc).to(dtype=scores.dtype if scores.is_floating_point() else torch.float32).reshape(-1)
+    if acc.shape != scores.shape:
+        raise ValueError(f"A-GRAE: acc has {acc.numel()} entries for {scores.numel()} responses")
+    if valid is None:
+        valid = torch.ones(scores.shape[0], dtype=torch.bool)
+    bad = valid & ~((acc >= 0) & (acc <= 1))
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad)[0])
+        raise ValueError(f"A-GRAE: acc {acc[row].item():.6g} of row {row} is not in [0, 1]")
+    return torch.where(valid, acc, torch.zeros_like(acc))
 
 
 def dropped_group_success(dropped: Mapping[Any, int] | None, success_threshold: float | None) -> list[float]:
@@ -364,6 +409,7 @@ def agrae_sequence_advantage(
     config: AgraeConfig | None = None,
     *,
     extra_group_success: Sequence[float] | torch.Tensor | None = None,
+    acc: torch.Tensor | None = None,
     **options: Any,
 ) -> AgraeResult:
     """A-GRAE sequence-level advantages with all intermediate quantities (spec steps 1-3).
@@ -376,6 +422,8 @@ def agrae_sequence_advantage(
         extra_group_success: success rates ``p`` of groups generated for this step but absent from the batch
             (DAPO's dynamic sampling drops the groups with ``p`` in {0, 1}); they count in ``mu`` only, so
             ``mu`` is the mean over all generated groups. ``None``: ``mu`` is the batch's own.
+        acc: ``(bs,)`` the reward function's ``acc`` per row, when it reports one: success is then ``acc``, not
+            derived from the reward (:func:`success_of_responses`). None: success from the rewards.
         **options: :class:`~verl_agrae.config.AgraeConfig` fields overriding ``config`` (``alpha=0.5``, ...).
 
     Returns:
@@ -408,7 +456,7 @@ def agrae_sequence_advantage(
     group_ids, num_groups = group_ids_from_index(index, bs)
 
     base, size = grae_advantage(rewards, group_ids, valid, num_groups, config.norm_adv_by_std_in_grpo, config.epsilon)
-    success = success_from_rewards(rewards, valid, config.success_threshold)
+    success = success_of_responses(rewards, acc, valid, config.success_threshold)
     count, p_group, _ = group_mean_std(success, group_ids, valid, num_groups)
     batch_mu = batch_mean_success(p_group, count)
     if extra_group_success is None:
@@ -449,6 +497,7 @@ def compute_agrae_outcome_advantage(
     config: AgraeConfig | None = None,
     *,
     extra_group_success: Sequence[float] | torch.Tensor | None = None,
+    acc: torch.Tensor | None = None,
     **options: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-level A-GRAE advantages, verl's estimator contract (spec step 4).
@@ -457,14 +506,14 @@ def compute_agrae_outcome_advantage(
         token_level_rewards: ``(bs, L)``.
         response_mask: ``(bs, L)``.
         index: ``(bs,)`` group labels.
-        config, extra_group_success, options: see :func:`agrae_sequence_advantage`.
+        config, extra_group_success, acc, options: see :func:`agrae_sequence_advantage`.
 
     Returns:
         ``(advantages, returns)``, both ``(bs, L)`` on the device and dtype of ``token_level_rewards``
         (float32 if it is not floating point); ``returns`` equals ``advantages`` as in verl's GRPO.
     """
     result = agrae_sequence_advantage(
-        token_level_rewards, response_mask, index, config, extra_group_success=extra_group_success, **options
+        token_level_rewards, response_mask, index, config, extra_group_success=extra_group_success, acc=acc, **options
     )
     adv = to_token_level(result.advantages, response_mask)
     return adv, adv

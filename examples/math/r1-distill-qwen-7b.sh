@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# DeepSeek-R1-Distill-Qwen-7B on MATH train, validated on MATH-500 (the paper's reasoning-model variant).
+# DeepSeek-R1-Distill-Qwen-7B on MATH train, validated on MATH-500, AIME 2024/2025 and AMC 2023 (the paper's
+# reasoning-model variant).
 # GPUs: 8 (one node of 8 x 80 GB). Rollout: vLLM, tensor parallel 2.
 #
 #   bash examples/math/r1-distill-qwen-7b.sh grpo+agrae
@@ -17,6 +18,6 @@ method=${1:-}
 agrae_require_method "$0" "$method"
 shift
 MODEL=${MODEL:-deepseek-ai/DeepSeek-R1-Distill-Qwen-7B}
-agrae_paper_overrides "$MODEL" 2 "$DATA_DIR/math/train.parquet" "$DATA_DIR/math500/test.parquet"
+agrae_paper_overrides "$MODEL" 2 "$DATA_DIR/math/train.parquet" "$(agrae_math_val_files)"
 agrae_method_overrides "$method" 1.0
 agrae_example_launch "r1-distill-qwen-7b_${method/+/_}" "$@"

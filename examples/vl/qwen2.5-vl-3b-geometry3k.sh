@@ -22,4 +22,5 @@ agrae_paper_overrides "$MODEL" 1 "$DATA_DIR/geometry3k/train.parquet" "$DATA_DIR
     512 2048 2048 128
 AGRAE_OVERRIDES+=(data.image_key=images)
 agrae_method_overrides "$method" 0.5
+agrae_geometry3k_reward_overrides
 agrae_example_launch "qwen2.5-vl-3b-geometry3k_${method/+/_}" "$@"

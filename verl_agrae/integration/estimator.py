@@ -63,7 +63,10 @@ class AgraeStep:
 
     Attributes:
         dropped_groups: verl's ``{shared filter-metric value: group count}`` of the groups generated for the step
-            but not in the batch (in; empty without dynamic sampling).
+            but not in the batch (in; empty without dynamic sampling). Used only when ``left_out_success`` is None.
+        left_out_success: success rates of every group generated for the step but not in the batch, read by our
+            replay buffer with the one success rule (in; None where verl's own buffer ran).
+        acc: ``(bs,)`` the reward function's ``acc`` of each row, or None when it reports none (in).
         result: the estimator's result for the step, set by the estimator (out; None until it ran).
         inputs: ``token_level_rewards``, ``response_mask`` and ``index`` exactly as verl passed them (out; for
             the per-step records, references only, no copies).
@@ -71,6 +74,8 @@ class AgraeStep:
     """
 
     dropped_groups: Mapping[Any, int] = field(default_factory=dict)
+    left_out_success: list[float] | None = None
+    acc: torch.Tensor | None = None
     result: AgraeResult | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     advantages: torch.Tensor | None = None
@@ -114,8 +119,15 @@ def agrae_advantage_estimator(
     """
     options = AgraeConfig.from_algorithm(config)
     step = _current_step.get()
-    extra = None if step is None else dropped_group_success(step.dropped_groups, options.success_threshold)
-    result = agrae_sequence_advantage(token_level_rewards, response_mask, index, options, extra_group_success=extra)
+    extra, acc = None, None
+    if step is not None:
+        extra = step.left_out_success
+        if extra is None:
+            extra = dropped_group_success(step.dropped_groups, options.success_threshold)
+        acc = step.acc
+    result = agrae_sequence_advantage(
+        token_level_rewards, response_mask, index, options, extra_group_success=extra, acc=acc
+    )
     adv = to_token_level(result.advantages, response_mask)
     if step is not None:
         step.result, step.advantages = result, adv

@@ -9,15 +9,21 @@ and ``separate_async`` trainers, plus:
   ``pos_to_neg_ratio``, group shares, mean |advantage| per success-rate bin, ``groups_dropped``. The packaged
   plain-method configs (``grpo``, ``drgrpo``, ``dapo``) run ``agrae`` with both terms off, which equals verl's
   ``grpo`` exactly, so comparison runs get the same curves from this one path.
-- **mu before filtering.** DAPO's dynamic sampling (``algorithm.filter_groups``) drops every group whose
-  filter metric is identical across its responses, i.e. the all-solved and all-failed groups (p in {0, 1}).
-  The batch the estimator sees has lost exactly those, so its own mean success rate is biased towards 0.5.
-  verl's replay buffer reports the dropped groups per step as ``{shared metric value: group count}``; this
-  trainer hands them to the estimator in the step's :class:`~verl_agrae.integration.estimator.AgraeStep`, which
-  turns them into success rates with the project's one success rule
-  (:func:`verl_agrae.advantage.dropped_group_success`); ``mu`` is then the mean over all generated groups.
-  Both values are logged: ``agrae/mu`` (used) and ``agrae/mu_batch`` (post-filter). Surplus mixed groups that
-  the buffer generated beyond the batch and discarded are not counted: their rewards are never read.
+- **mu over every generated group.** DAPO's dynamic sampling (``algorithm.filter_groups``) drops every group
+  whose filter metric is identical across its responses (the all-solved and all-failed groups), and in sync mode
+  discards the surplus mixed groups that finished beyond the batch; the batch the estimator sees has lost both.
+  Our replay buffer (:mod:`verl_agrae.integration.replay_buffer`) reads the success rate of each of those groups
+  before verl clears it; this trainer hands them to the estimator in the step's
+  :class:`~verl_agrae.integration.estimator.AgraeStep`, so ``mu`` is the mean over all groups generated for the
+  step. Logged: ``agrae/mu`` (used), ``agrae/mu_batch`` (the batch alone), ``agrae/groups_dropped``,
+  ``agrae/groups_surplus``, ``agrae/prompts_generated``, ``agrae/generation_cap_reached``. Where verl's own buffer
+  runs (``agrae_separate_async``: its async buffer keeps the surplus for later steps), the dropped groups come
+  from verl's ``{shared metric value: count}`` report instead.
+- **One success rule.** When the reward function reports ``acc``, a response's success is its ``acc``, in the
+  batch (read from the rows' ``reward_extra_info``) and in every left-out group alike; otherwise the reward
+  itself or ``algorithm.agrae.success_threshold`` (:func:`verl_agrae.advantage.success_of_responses`).
+- **A generation cap for dynamic sampling** (``algorithm.filter_groups.max_num_gen_batches``, which verl V1
+  ignores; ``trainer.v1.sampler.on_generation_cap``): see :mod:`verl_agrae.integration.replay_buffer`.
 - **Per-step records** (``run.record_advantages``; ``VERL_AGRAE_RECORD_DIR`` in the TaskRunner's environment):
   the estimator's inputs and outputs of step ``k`` in ``step-0000k.pt``, for tests and offline analysis.
 - **Metrics of a checkpointed step survive a crash.** verl saves a step's checkpoint before it logs the step's
@@ -41,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transfer_queue as tq
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.replay_buffer import DAPO_FILTERED_REWARD_COUNTS_KEY
 from verl.trainer.ppo.v1.trainer_base import register_trainer
@@ -49,8 +56,10 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_agrae.advantage import AgraeResult
 from verl_agrae.atomic import atomic_target
+from verl_agrae.config import AgraeConfig
 from verl_agrae.diagnostics import PREFIX, diagnostics_from_result
 from verl_agrae.integration.estimator import ESTIMATOR_NAME, AgraeStep, bind_step
+from verl_agrae.integration.replay_buffer import GENERATED_GROUPS_KEY, adopt, reward_acc
 from verl_agrae.trainer.run_dir import CHECKPOINTED_METRICS_FILE, RECORD_DIR_ENV
 
 __all__ = [
@@ -70,6 +79,35 @@ REF_POOL = "ref_pool"
 VERL_MODE = {"agrae_sync": "sync", "agrae_separate_async": "separate_async"}
 
 
+def _cap_is_honoured(record: logging.LogRecord) -> bool:
+    if "max_num_gen_batches" in record.getMessage() and "is ignored" in record.getMessage():
+        logger.info("algorithm.filter_groups.max_num_gen_batches is honoured by verl-agrae's replay buffer")
+        return False
+    return True
+
+
+def _batch_acc(batch) -> torch.Tensor | None:
+    """The reward function's ``acc`` of each row of ``batch``, in the order verl hands the rows to the estimator,
+    or None when it reports none.
+
+    V1 trainers pass a TransferQueue ``KVBatchMeta`` (rows in ``batch.keys`` order; ``acc`` in each trajectory's
+    ``reward_extra_info``); a ``DataProto`` (verl's legacy trainer, tests) carries it as ``non_tensor_batch["acc"]``.
+    """
+    if hasattr(batch, "non_tensor_batch"):
+        column = batch.non_tensor_batch.get("acc")
+        if column is None:
+            return None
+        accs = list(column)
+    else:
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+        accs = [reward_acc(extra) for extra in data["extra_fields"]]
+    if all(a is None for a in accs):
+        return None
+    if any(a is None for a in accs):
+        raise ValueError("the reward function reported acc for some responses of the batch but not all")
+    return torch.tensor([float(a) for a in accs], dtype=torch.float64)
+
+
 def step_record(step: AgraeStep, global_step: int) -> dict[str, Any]:
     """What one step's record holds: the estimator's inputs as verl passed them and everything it computed."""
     result: AgraeResult = step.result
@@ -82,6 +120,8 @@ def step_record(step: AgraeStep, global_step: int) -> dict[str, Any]:
         "response_mask": mask.detach().cpu().clone(),
         "index": [str(u) for u in index] if index is not None else None,
         "advantages": step.advantages.detach().cpu().clone(),  # what verl trained on
+        "acc": None if step.acc is None else step.acc.clone(),
+        "success": result.success.detach().cpu().clone(),
         "options": dataclasses.asdict(result.options),
         "mu": float(result.mu),
         "mu_batch": float(result.mu_batch),
@@ -109,7 +149,19 @@ class AgraeTrainerMixin:
         self._verl_trainer_mode = VERL_MODE.get(value, value)
 
     def _build_replay_buffer(self):
-        buffer = super()._build_replay_buffer()
+        verl_logger = logging.getLogger(PPOTrainerSync.__module__.rpartition(".")[0] + ".trainer_base")
+        verl_logger.addFilter(_cap_is_honoured)  # verl says the cap is ignored: under our modes it is not
+        try:
+            buffer = super()._build_replay_buffer()
+        finally:
+            verl_logger.removeFilter(_cap_is_honoured)
+        filter_groups = self.config.algorithm.get("filter_groups", None) or {}
+        buffer = adopt(
+            buffer,
+            success_threshold=AgraeConfig.from_algorithm(self.config.algorithm).success_threshold,
+            max_num_gen_batches=filter_groups.get("max_num_gen_batches", 0),
+            on_cap=self.config.trainer.v1.sampler.get("on_generation_cap", None) or "error",
+        )
         # verl's buffer checks for finished rollouts every 2 s (fixed in its constructor), so every sync step
         # waits ~1 s after generation ends, on average: a fifth of a tiny CPU step. `poll_interval` lets a
         # config shorten it (cpu.yaml does).
@@ -121,9 +173,19 @@ class AgraeTrainerMixin:
         return buffer
 
     def _compute_advantage(self, batch, metrics: dict):
+        generated = metrics.pop(GENERATED_GROUPS_KEY, None)  # not a scalar: never logged as is
+        if generated is not None:
+            metrics[PREFIX + "prompts_generated"] = float(generated["prompts"])
+            metrics[PREFIX + "generation_cap_reached"] = float(generated["cap_reached"])
         if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
             return super()._compute_advantage(batch, metrics)
-        step = AgraeStep(dropped_groups=metrics.get(DAPO_FILTERED_REWARD_COUNTS_KEY) or {})
+        step = AgraeStep(
+            dropped_groups=metrics.get(DAPO_FILTERED_REWARD_COUNTS_KEY) or {},
+            left_out_success=None if generated is None else [*generated["dropped"], *generated["surplus"]],
+            acc=_batch_acc(batch),
+        )
+        if generated is not None:
+            metrics[PREFIX + "groups_surplus"] = float(len(generated["surplus"]))
         with bind_step(step):
             batch = super()._compute_advantage(batch, metrics)
         if step.result is None:
@@ -132,7 +194,9 @@ class AgraeTrainerMixin:
                 "step (was the advantage computed elsewhere, or did verl call another estimator?)"
             )
         metrics.update(diagnostics_from_result(step.result))
-        metrics[PREFIX + "groups_dropped"] = float(len(step.result.extra_group_success))
+        metrics[PREFIX + "groups_dropped"] = float(
+            len(generated["dropped"]) if generated is not None else len(step.result.extra_group_success)
+        )
         record_dir = os.environ.get(RECORD_DIR_ENV)
         if record_dir:
             self._write_record(Path(record_dir), step)

@@ -34,5 +34,6 @@ def recompute_advantages(record: dict[str, Any]) -> torch.Tensor:
         record["index"],
         AgraeConfig(**record["options"]),
         extra_group_success=record["extra_group_success"] if record["mu_source"] == "generated" else None,
+        acc=record.get("acc"),
     )
     return advantages

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["even_answer_or_parity_reward", "parity_reward"]
+__all__ = ["always_correct_reward", "even_answer_or_parity_reward", "parity_reward"]
 
 
 def _result(
@@ -43,3 +43,8 @@ def even_answer_or_parity_reward(data_source: str, solution_str: str, ground_tru
     """Every response to a prompt whose answer is even succeeds (all-solved groups); others by length parity."""
     ok = int(ground_truth) % 2 == 0 or len(solution_str) % 2 == 0
     return _result(ok, ground_truth, extra_info, **kwargs)
+
+
+def always_correct_reward(data_source: str, solution_str: str, ground_truth: str, extra_info=None, **kwargs: Any):
+    """Every response succeeds: under dynamic sampling every group is all-solved (the generation cap's worst case)."""
+    return _result(True, ground_truth, extra_info, **kwargs)
