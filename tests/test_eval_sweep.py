@@ -189,6 +189,7 @@ _BASE = "output_dir: o\nruns: [{name: a, model: m}]\nbenchmarks: [{name: x}]\n"
             "unknown",
         ),
         ("output_dir: o\nruns: [{name: a, model: m}]\nbenchmarks: [{name: x}]\nsampling: {top_p: 0}\n", "top_p"),
+        (_BASE + "grading: {extraction: fuzzy}\n", "grading.extraction: extraction mode must be one of"),
     ],
 )
 def test_sweep_config_errors_name_the_problem(tmp_path, text, match):
