@@ -171,3 +171,35 @@ def test_arithmetic_needs_no_pool(monkeypatch):
 
     monkeypatch.setattr(score_mod, "get_default_pool", boom)
     assert compute_score("arithmetic", r"\boxed{7}", "7")["acc"] is True
+
+
+INTEGER_PAIRS = [
+    ("124", "123"),
+    ("-5", "5"),
+    ("1,001", "1000"),
+    (r"5\text{ cm}", "6"),
+    ("(2, 1)", "(1,2)"),
+    ("[1, 2]", "[1,3]"),
+    (r"\left(3, 4, 5\right)", "(3,4,6)"),
+    ("(12, 7)", "(12,7)"),
+    ("0", "-1"),
+    ("(1,2)", "(1,2]"),  # brackets differ: undecided (interval rules are math-verify's)
+    ("(1,2,3)", "(1,2)"),  # lengths differ: undecided
+    ("10 \\text{ million}", "10"),  # scale word: undecided
+    ("0.5", "1/2"),
+]
+
+
+def test_integer_verdicts_agree_with_math_verify():
+    # The cheap "different" for integer answers must say what math-verify says, or leave the item to it.
+    from verl_agrae.reward.normalize import fast_verdict
+    from verl_agrae.reward.verify import math_equal, quiet_math_verify
+
+    quiet_math_verify()
+    decided = 0
+    for pred, truth in INTEGER_PAIRS:
+        verdict = fast_verdict(pred, truth)
+        if verdict is not None:
+            decided += 1
+            assert verdict is math_equal(pred, truth), (pred, truth)
+    assert decided == 9

@@ -25,7 +25,7 @@ from verl_agrae.reward.extract import (
     last_integer,
     strip_answer,
 )
-from verl_agrae.reward.normalize import fast_equal, normalize_answer
+from verl_agrae.reward.normalize import fast_verdict, normalize_answer
 from verl_agrae.reward.pool import CheckResult, GradingPool, get_default_pool
 
 __all__ = ["ARITHMETIC", "compute_score", "score_batch", "score_result"]
@@ -131,11 +131,11 @@ def _prepare(data_source: str, solution: Any, ground_truth: Any, mode: str = "re
         return _Item(pred="", truth=truth, acc=None, text=found.text)
     if pred is None or not truth:
         return _Item(pred=pred or "", truth=truth, acc=False)
-    if pred == truth or (len(pred) <= MAX_ANSWER_CHARS and len(truth) <= MAX_ANSWER_CHARS and fast_equal(pred, truth)):
+    if pred == truth:
         return _Item(pred=pred, truth=truth, acc=True)
     if len(pred) > MAX_ANSWER_CHARS or len(truth) > MAX_ANSWER_CHARS:
         return _Item(pred=pred, truth=truth, acc=False)  # not worth a symbolic check; certain to be slow
-    return _Item(pred=pred, truth=truth, acc=None)
+    return _Item(pred=pred, truth=truth, acc=fast_verdict(pred, truth))
 
 
 def _flag(value: Any) -> bool:
