@@ -1,7 +1,8 @@
-"""Throughput of the math reward: grading pool with 1 and 2 workers vs math-verify called in one process.
+"""Throughput of the math reward: grading pools (ours, pebble's, a git revision's) vs math-verify in one process.
 
-Usage:
-    .venv/bin/python benchmarks/reward_bench.py [--n 400] [--repeats 3] [--mix realistic|symbolic] [--json out.json]
+Usage (from the repository root, so that this tree's package is the one imported):
+    PYTHONPATH=. python benchmarks/reward_bench.py [--n 400] [--repeats 3] [--mix realistic|symbolic]
+        [--baseline main] [--no-pebble] [--no-probes] [--json out.json]
 
 All configurations grade the same items in the same run:
 
@@ -10,10 +11,16 @@ All configurations grade the same items in the same run:
 - ``in-process pipeline``: our extraction + fast path + the same symbolic check as the workers, called directly
   in this process. No hard timeout. The like-for-like baseline for the pool's own cost.
 - ``pool, 1 worker`` / ``pool, 2 workers``: ``score_batch`` through a :class:`GradingPool` (hard timeout).
+- ``pebble pool, ...``: the same through pebble's ``ProcessPool`` over a forkserver (``pebble_pool.py``; needs
+  ``pip install pebble``).
+- ``<baseline> pool, ...``: the grader (extraction and pool) as it is at git revision ``--baseline``, exported to a
+  temporary directory and run there in a fresh interpreter: "before" and "after" in one run.
 
 Printed: checks/s (median over repeats), scaling 2 vs 1 worker (target >= 1.7x on 2 free cores), pool overhead at
-1 worker against both baselines (target < 20%), and the load average, since other processes on the machine
-change every figure. Pool start-up time is excluded from throughput and printed separately.
+1 worker against both baselines (target < 20%), this pool's throughput over pebble's and the baseline's, the
+guarantee probes of both pool kinds (stopped worker, killed workers, threads, signal handlers), and the load
+average, since other processes on the machine change every figure. Pool start-up time is excluded from throughput
+and printed separately.
 """
 
 from __future__ import annotations
