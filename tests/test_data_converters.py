@@ -81,6 +81,7 @@ def test_math_directory_takes_last_boxed_of_solution(tmp_path):
 def test_last_boxed_answer_handles_nesting_and_absence():
     assert last_boxed_answer("a \\boxed{1} b \\boxed{\\sqrt{\\frac{2}{3}}}.") == "\\sqrt{\\frac{2}{3}}"
     assert last_boxed_answer("no box here: 5") is None
+    assert last_boxed_answer(r"so $\boxed{2}, \boxed{3}$.") == "2, 3"  # one answer in two boxes
 
 
 def test_math_refuses_solution_without_boxed(tmp_path):

@@ -200,6 +200,7 @@ _BASE = "output_dir: o\nruns: [{name: a, model: m}]\nbenchmarks: [{name: x}]\n"
         (_BASE + "generation: {kv_cache_gib: true}\n", "generation.kv_cache_gib"),
         (_BASE + "generation: {gpu_memory_utilization: 1.5}\n", "generation.gpu_memory_utilization"),
         (_BASE + "generation: {enforce_eager: 'no'}\n", "generation.enforce_eager"),
+        (_BASE + "grading: {extraction: fuzzy}\n", "grading.extraction: extraction mode must be one of"),
     ],
 )
 def test_sweep_config_errors_name_the_problem(tmp_path, text, match):

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from verl_agrae.reward import compute_score, extract_answer, fast_equal, last_integer, normalize_answer
+from verl_agrae.reward.extract import FALLBACK_CHARS, Extraction, final_boxed, find_answer
 
 EXTRACT_CASES = [
     (r"so $\boxed{5}$.", "5"),
@@ -29,6 +30,23 @@ EXTRACT_CASES = [
     (r"\boxed{}", None),
     (r"\boxedx{5}", None),  # another macro, not a box
     (r"\boxed{", None),
+    # several boxes of one answer: connectors, one math environment, environments joined by a connector
+    (r"\boxed{1}, \boxed{2} and \boxed{3}", "1, 2, 3"),
+    (r"$$\boxed{x=1} \text{ for (a), and } \boxed{y=2}$$", "x=1, y=2"),
+    (r"$x = \boxed{-1}$ or $x = \boxed{3}$", "-1, 3"),
+    ("\\begin{cases} a = \\boxed{1} \\\\ b = \\boxed{2} \\end{cases}", "1, 2"),
+    (r"try \boxed{3}. That fails, so \boxed{4}", "4"),  # prose between: the last box alone
+    ("\\boxed{3}\n\n\\boxed{4}", "4"),  # a blank line separates answers
+    # markers end at the answer
+    ("Final Answer: The largest $n$ is 34.", "34"),
+    ("The answer is 12 apples.", "12"),
+    ("The answer is 25 percent.", "25\\%"),
+    ("The answer is $5$ million.", "$5$ million"),  # the scale word stays with the number
+    (r"Answer: the count is $\binom{5}{2} = 10$", r"\binom{5}{2} = 10"),
+    ("So the answer is 0.125, as computed.", "0.125"),
+    # a later final-answer statement replaces earlier boxes; one without mathematics does not
+    (r"\boxed{200}, \boxed{255}. The final answer is $10{,}455$.", "10{,}455"),
+    ("\\boxed{5}\n\nI am sure the answer is correct.", "5"),
 ]
 
 
@@ -42,9 +60,36 @@ def test_box_beats_fallbacks():
     assert extract_answer("#### 7 then \\boxed{8}") == "8"
 
 
+def test_strict_mode_and_fallback():
+    assert extract_answer("The answer is 12.", "strict") is None
+    assert extract_answer("Answer: 12", "strict") == "12"
+    assert extract_answer("#### 12", "strict") == "12"
+    assert extract_answer(r"\boxed{200}. The final answer is 10.", "strict") == "200"
+    long_prose = "We add them up. " * 500 + "So she has 12 marbles."
+    found = find_answer(long_prose)
+    assert found == Extraction(None, "text", long_prose[-FALLBACK_CHARS:])
+    assert find_answer(long_prose, "strict") == Extraction(None, "none")
+    assert find_answer("I cannot solve it.") == Extraction(None, "none")  # nothing math-verify could read
+    with pytest.raises(ValueError, match="extraction mode must be one of"):
+        find_answer("x", "lenient")
+
+
+def test_ground_truth_boxes_all_count():
+    assert final_boxed(r"\boxed{1} papers and \boxed{2} bins", every_box=True) == "1, 2"
+    assert final_boxed(r"\boxed{1} papers and \boxed{2} bins") == "2"
+    assert final_boxed(r"\boxed{3} red and \boxed{4} blue", at_least=2) == "3, 4"
+
+
 def test_extract_linear_on_huge_adversarial_text():
     # 1 MB of opening boxes never closed, and 1 MB of braces: must stay linear (no per-box rescans).
-    for text in ("\\boxed{" * 150_000, "{" * 1_000_000 + "\\boxed{1", "x" * 1_000_000 + " The answer is 5"):
+    adversarial = (
+        "\\boxed{" * 150_000,
+        "{" * 1_000_000 + "\\boxed{1",
+        "x" * 1_000_000 + " The answer is 5",
+        "\\boxed{" * 20 + "x" * 1_000_000,  # every candidate box scans to the end
+        "$\\boxed{1}$ " * 100_000,  # many boxes and math environments
+    )
+    for text in adversarial:
         start = time.perf_counter()
         extract_answer(text)
         assert time.perf_counter() - start < 20.0  # quadratic rescans take hours on these inputs
@@ -126,3 +171,35 @@ def test_arithmetic_needs_no_pool(monkeypatch):
 
     monkeypatch.setattr(score_mod, "get_default_pool", boom)
     assert compute_score("arithmetic", r"\boxed{7}", "7")["acc"] is True
+
+
+INTEGER_PAIRS = [
+    ("124", "123"),
+    ("-5", "5"),
+    ("1,001", "1000"),
+    (r"5\text{ cm}", "6"),
+    ("(2, 1)", "(1,2)"),
+    ("[1, 2]", "[1,3]"),
+    (r"\left(3, 4, 5\right)", "(3,4,6)"),
+    ("(12, 7)", "(12,7)"),
+    ("0", "-1"),
+    ("(1,2)", "(1,2]"),  # brackets differ: undecided (interval rules are math-verify's)
+    ("(1,2,3)", "(1,2)"),  # lengths differ: undecided
+    ("10 \\text{ million}", "10"),  # scale word: undecided
+    ("0.5", "1/2"),
+]
+
+
+def test_integer_verdicts_agree_with_math_verify():
+    # The cheap "different" for integer answers must say what math-verify says, or leave the item to it.
+    from verl_agrae.reward.normalize import fast_verdict
+    from verl_agrae.reward.verify import math_equal, quiet_math_verify
+
+    quiet_math_verify()
+    decided = 0
+    for pred, truth in INTEGER_PAIRS:
+        verdict = fast_verdict(pred, truth)
+        if verdict is not None:
+            decided += 1
+            assert verdict is math_equal(pred, truth), (pred, truth)
+    assert decided == 9

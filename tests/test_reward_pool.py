@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -185,6 +188,23 @@ def test_close_leaves_no_processes():
     assert _wait_for_exit(pids)
     with pytest.raises(RuntimeError, match="closed"):
         p.check("1", "1")
+
+
+def test_template_process_left_before_ready_exits_quietly():
+    # A pool closed before its template process finished importing math-verify (no item needed a symbolic check,
+    # as in `verl-agrae eval grade` on exact answers): the template finds its socket closed when it reports
+    # ready. It must exit quietly; it used to die on a BrokenPipeError with a traceback on the caller's stderr.
+    from verl_agrae.reward.pool import _ZYGOTE_CMD
+
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ZYGOTE_CMD, str(child.fileno())], pass_fds=(child.fileno(),), stderr=subprocess.PIPE
+    )
+    child.close()
+    parent.close()
+    _, err = proc.communicate(timeout=WAIT_S * 3)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    assert b"Traceback" not in err
 
 
 def _mixed_items(n: int) -> tuple[list[str], list[str], list[str], list[str]]:

@@ -49,6 +49,30 @@ def test_verl_loads_compute_score(path):
         assert res["score"] == (1.0 if acc else -1.0)  # reward_kwargs.dapo reached compute_score
 
 
+def test_extraction_mode_from_reward_kwargs_and_packaged_config():
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    from verl_agrae.trainer.checks import PreflightError, check_reward_options
+    from verl_agrae.trainer.main import compose_config
+
+    prose = "Adding the parts gives 7 + 5 = 12, so she has 12 marbles."
+    recall = get_custom_reward_fn(_config(verl_entry_path(), extraction="recall"))
+    strict = get_custom_reward_fn(_config(verl_entry_path(), extraction="strict"))
+    assert recall(data_source="math", solution_str=prose, ground_truth="12", timeout=60)["acc"] is True
+    assert strict(data_source="math", solution_str=prose, ground_truth="12")["acc"] is False
+    # The packaged configs name the option (recall) where verl reads reward options; an override reaches it and a
+    # typo stops the run before Ray starts.
+    cfg = compose_config("grpo", [])
+    assert cfg.reward.custom_reward_function.reward_kwargs.extraction == "recall"
+    check_reward_options(cfg)
+    cfg = compose_config("dapo", ["reward.custom_reward_function.reward_kwargs.extraction=strict"])
+    assert cfg.reward.custom_reward_function.reward_kwargs.extraction == "strict"
+    check_reward_options(cfg)
+    cfg = compose_config("grpo", ["reward.custom_reward_function.reward_kwargs.extraction=fuzzy"])
+    with pytest.raises(PreflightError, match="reward_kwargs.extraction: extraction mode must be one of"):
+        check_reward_options(cfg)
+
+
 class _ByteTokenizer:
     """Stands in for the HF tokenizer: token ids are UTF-8 bytes."""
 

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from verl_agrae.data.rl_parquet import PROMPT_SUFFIX, DatasetFormatError, make_rl_row, write_rl_parquet
 from verl_agrae.data.sources import Record, file_columns, iter_file_records, list_source_files
-from verl_agrae.reward.extract import last_boxed, strip_answer
+from verl_agrae.reward.extract import final_boxed
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +51,16 @@ _DAPO_TAIL = re.compile(r"\n\nRemember to put your answer on its own line after 
 
 
 def last_boxed_answer(text: str) -> str | None:
-    """Content of the last well-formed ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, or ``None``.
+    """The boxed final answer of a reference solution: the last well-formed ``\\boxed{...}`` (or ``\\fbox``),
+    joined with the boxes right before it that belong to the same answer (``$\\boxed{2}, \\boxed{3}$`` gives
+    ``2, 3``), or ``None``.
 
-    Uses the reward module's ``last_boxed`` (the same code that extracts graded predictions). Unlike the
+    Uses the reward module's ``final_boxed`` (the same code that extracts graded predictions). Unlike the
     reward's ``extract_answer`` there is no fallback to "The answer is ...": a reference answer must be boxed.
     """
     if not _BOXED.search(text):
         return None
-    answer = last_boxed(text)
-    answer = strip_answer(answer) if answer is not None else None
+    answer = final_boxed(text)
     return answer.strip() if answer else None
 
 

@@ -153,18 +153,26 @@ def generate_cell(
 class _RewardGrader:
     """``verl_agrae.reward.score_batch`` with one grading pool kept for all shards of a cell."""
 
-    def __init__(self, timeout: float, num_workers: int | None, dapo: bool) -> None:
+    def __init__(self, timeout: float, num_workers: int | None, dapo: bool, extraction: str = "recall") -> None:
         from verl_agrae.reward import GradingPool, score_batch
 
         self._score_batch = score_batch
         self.timeout = timeout
         self.dapo = dapo
+        self.extraction = extraction
         # None: the reward module's process-wide pool; a number: a pool of that size for this cell only.
         self.pool = GradingPool(num_workers=num_workers, timeout=timeout) if num_workers else None
 
     def __call__(self, solutions: list[str], ground_truths: list[str], data_sources: list[str]) -> list[dict[str, Any]]:
         return self._score_batch(
-            solutions, ground_truths, data_sources, timeout=self.timeout, dapo=self.dapo, pool=self.pool, progress=False
+            solutions,
+            ground_truths,
+            data_sources,
+            timeout=self.timeout,
+            dapo=self.dapo,
+            pool=self.pool,
+            progress=False,
+            extraction=self.extraction,
         )
 
     def close(self) -> None:
@@ -172,8 +180,10 @@ class _RewardGrader:
             self.pool.close()
 
 
-def _default_grader(timeout: float, num_workers: int | None, dapo: bool) -> Callable[..., list[dict[str, Any]]]:
-    return _RewardGrader(timeout, num_workers, dapo)
+def _default_grader(
+    timeout: float, num_workers: int | None, dapo: bool, extraction: str = "recall"
+) -> Callable[..., list[dict[str, Any]]]:
+    return _RewardGrader(timeout, num_workers, dapo, extraction)
 
 
 def grade_cell(
@@ -185,6 +195,7 @@ def grade_cell(
     grader: Callable[[list[str], list[str], list[str]], list[dict[str, Any]]] | None = None,
     progress: bool = True,
     desc: str = "grade",
+    extraction: str = "recall",
 ) -> int:
     """Grade every pending sample shard of a cell with ``verl_agrae.reward.score_batch``.
 
@@ -196,10 +207,17 @@ def grade_cell(
         grader: override (same signature as ``score_batch`` without keywords), for tests.
         progress: tqdm bar over shards.
         desc: progress-bar label.
+        extraction: the reward's answer extraction mode, ``"recall"`` or ``"strict"`` (docs/reward.md).
 
     Returns:
         Number of shards graded by this call.
+
+    Raises:
+        ValueError: for an unknown extraction mode, or when the cell was graded with other settings.
     """
+    from verl_agrae.reward.extract import check_mode
+
+    extraction = check_mode(extraction)
     cell = Path(cell_dir)
     samples_dir, out = cell / "samples", cell / "graded"
     meta_path = samples_dir / "meta.json"
@@ -213,13 +231,17 @@ def grade_cell(
         raise FileNotFoundError(f"{cell}: {len(missing)} sample shard(s) missing (first {missing[0]}); generate first")
     # Grades belong to the samples they were made from: regenerated samples with other settings (model, seed,
     # sampling) must not silently reuse old grades.
-    ensure_meta(out, {"grader": "verl_agrae.reward.score_batch", "timeout": timeout, "dapo": dapo, "samples": meta})
+    grader_meta = {"grader": "verl_agrae.reward.score_batch", "timeout": timeout, "dapo": dapo, "samples": meta}
+    if extraction != "recall":
+        # Only recorded when not the default: cells graded before the option existed resume unchanged.
+        grader_meta["extraction"] = extraction
+    ensure_meta(out, grader_meta)
     clean_partial(out)
     _check_no_strays(out, ranges)
     todo = pending_ranges(out, ranges)
     if not todo:
         return 0
-    grade = grader or _default_grader(timeout, num_workers, dapo)
+    grade = grader or _default_grader(timeout, num_workers, dapo, extraction)
     try:
         _grade_shards(cell, todo, problems, grade, progress=progress, desc=desc)
     finally:

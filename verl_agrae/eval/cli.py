@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per verification")
     p.add_argument("--num-workers", type=int, help="grading processes")
     p.add_argument("--dapo", action="store_true", help="DAPO-style +-1 scores (acc is used for Pass@k)")
+    p.add_argument(
+        "--extraction",
+        choices=["recall", "strict"],
+        default="recall",
+        help="answer extraction: recall (default; also prose answers) or strict (only a box, Answer: or ####)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("metrics", help="print Pass@k / mean@n / maj@k of one graded cell")
@@ -172,6 +178,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         dapo=args.dapo,
         progress=not args.no_progress,
+        extraction=args.extraction,
     )
     res = load_cell_results(args.cell_dir)
     print(f"{args.cell_dir}: graded {n} shard(s); {res.num_samples} responses, {res.timeouts} grading timeout(s)")

@@ -120,9 +120,16 @@ def load_sweep(path: str | os.PathLike[str], *, output_dir: str | None = None) -
     _check_names("benchmark", [b.name for b in benches])
     _check_names("sampling", [s.name for s in sampling])
     grading = dict(raw.get("grading") or {})
-    bad = sorted(set(grading) - {"timeout", "num_workers", "dapo"})
+    bad = sorted(set(grading) - {"timeout", "num_workers", "dapo", "extraction"})
     if bad:
-        raise ValueError(f"{p}: unknown grading key(s) {bad}; allowed: timeout, num_workers, dapo")
+        raise ValueError(f"{p}: unknown grading key(s) {bad}; allowed: timeout, num_workers, dapo, extraction")
+    if "extraction" in grading:
+        from verl_agrae.reward.extract import check_mode
+
+        try:
+            grading["extraction"] = check_mode(grading["extraction"])
+        except ValueError as e:
+            raise ValueError(f"{p}: grading.extraction: {e}") from e
     report = dict(raw.get("report") or {})
     bad = sorted(set(report) - {"ks", "num_boot", "seed", "maj", "maj_draws", "compare", "num_perm"})
     if bad:
@@ -169,6 +176,7 @@ def run_cell(cfg: SweepConfig, index: int, *, progress: bool = True) -> CellRef:
         dapo=bool(cfg.grading.get("dapo", False)),
         progress=progress,
         desc=f"{label} grade",
+        extraction=cfg.grading.get("extraction", "recall"),
     )
     return ref
 

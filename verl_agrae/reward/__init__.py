@@ -2,7 +2,8 @@
 
 Public API:
 
-- :func:`extract_answer`: the final answer in a model output (last ``\\boxed{}``, then ``####``/"answer is").
+- :func:`extract_answer` / :func:`find_answer`: the final answer in a model output (the last box group, or a later
+  ``Answer:`` / ``####`` / "the answer is" statement), in the ``recall`` (default) or ``strict`` mode.
 - :func:`compute_score`: verl's custom reward function signature, returns ``score``/``acc``/``pred``/``timeout``.
 - :func:`score_batch`: many items in parallel, same results as :func:`compute_score`.
 - :class:`GradingPool`: worker processes with a hard per-item wall-clock timeout.
@@ -15,7 +16,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from verl_agrae.reward.extract import extract_answer, last_boxed, last_integer
+from verl_agrae.reward.extract import (
+    EXTRACTION_MODES,
+    Extraction,
+    extract_answer,
+    final_boxed,
+    find_answer,
+    last_boxed,
+    last_integer,
+)
 from verl_agrae.reward.normalize import fast_equal, normalize_answer
 from verl_agrae.reward.pool import (
     CheckResult,
@@ -28,12 +37,16 @@ from verl_agrae.reward.score import ARITHMETIC, compute_score, score_batch, scor
 
 __all__ = [
     "ARITHMETIC",
+    "EXTRACTION_MODES",
     "CheckResult",
+    "Extraction",
     "GradingPool",
     "PoolStats",
     "compute_score",
     "extract_answer",
     "fast_equal",
+    "final_boxed",
+    "find_answer",
     "get_default_pool",
     "last_boxed",
     "last_integer",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["fast_equal", "normalize_answer", "clean_for_parser"]
+__all__ = ["clean_for_parser", "fast_equal", "fast_verdict", "normalize_answer"]
 
 _SPACING_MACROS = re.compile(r"\\(?:(?:left|right|displaystyle|textstyle)(?![a-zA-Z])|[!,;: ])")
 _FRAC_VARIANTS = re.compile(r"\\[dt]frac(?![a-zA-Z])")
@@ -24,6 +24,10 @@ _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _BRACED_COMMA = re.compile(r"(\d)\{,\}(\d)")
 _PLAIN_DECIMAL = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)$")
 _WHITESPACE = re.compile(r"\s+")
+# An integer written canonically (no leading zeros, no "-0"), and a parenthesised / bracketed list of them.
+_CANONICAL_INT = r"(?:0|-?[1-9]\d{0,99})"
+_INT_SCALAR = re.compile(rf"^{_CANONICAL_INT}$")
+_INT_TUPLE = re.compile(rf"^([(\[])({_CANONICAL_INT}(?:,{_CANONICAL_INT})+)([)\]])$")
 # "1\,000" and "12{,}000" are thousands separators, not products or lists, for the parser as well.
 _LATEX_THOUSANDS = re.compile(r"(\d)(?:\\,|\{,\})(\d{3})(?!\d)")
 
@@ -108,3 +112,39 @@ def clean_for_parser(ans: str) -> str:
     """Light clean-up before handing an answer to math-verify: LaTeX thousands separators become digits."""
     s = ans.strip().strip("$").strip()
     return _sub_all(_LATEX_THOUSANDS, r"\1\2", s)
+
+
+def _integers(norm: str) -> tuple[str, ...] | None:
+    """The shape of a normalised answer made of integers only: ``("5",)`` or ``("(", "1", "2", ")")``, else None."""
+    if _INT_SCALAR.match(norm):
+        return (norm,)
+    m = _INT_TUPLE.match(norm)
+    return (m.group(1), *m.group(2).split(","), m.group(3)) if m else None
+
+
+def fast_verdict(pred: str, truth: str) -> bool | None:
+    """``fast_equal``, plus a cheap "different" for answers made of integers only.
+
+    Two integers, or two tuples / intervals of integers with the same brackets and length, are equal exactly when
+    every integer is (math-verify compares integers exactly and reads such tuples in order), so no symbolic check
+    is needed to call them different. Anything else that is not equal after normalisation is undecided.
+
+    Args:
+        pred: extracted prediction.
+        truth: ground truth.
+
+    Returns:
+        True (equal), False (different integers), or None (the symbolic check decides).
+    """
+    if fast_equal(pred, truth):
+        return True
+    a, unit_a = _normalize(pred)
+    b, unit_b = _normalize(truth)
+    ia, ib = _integers(a), _integers(b)
+    if ia is None or ib is None or len(ia) != len(ib):
+        return None
+    if len(ia) > 1 and (ia[0], ia[-1]) != (ib[0], ib[-1]):
+        return None  # "(1,2)" vs "[1,2)": math-verify's interval rules decide
+    if unit_a and unit_b and unit_a != unit_b:
+        return None
+    return ia == ib

@@ -53,11 +53,13 @@ class CheckResult:
         equal: math-verify's verdict (False on timeout or error).
         timeout: the check ran out of time (worker timer or hard kill).
         error: the check failed for another reason (parse error, worker died twice).
+        pred: for a check with ``in_text=True``: the answer math-verify extracted from the response ("" if none).
     """
 
     equal: bool
     timeout: bool = False
     error: bool = False
+    pred: str | None = None
 
 
 @dataclasses.dataclass
@@ -181,6 +183,10 @@ class _Zygote:
             self.sock.close()  # EOF makes the zygote exit
         except OSError:
             pass
+        if not self._ready:
+            # Still importing math-verify (the pool was never used): it would only notice the EOF after its
+            # warm-up, seconds from now. It has forked no worker yet, so there is nothing to let it clean up.
+            self.proc.kill()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -338,7 +344,7 @@ class GradingPool:
         return None if zyg is None else zyg.proc.pid
 
     # ------------------------------------------------------------------------------------------------ checking
-    def check(self, pred: str, truth: str, timeout: float | None = None) -> CheckResult:
+    def check(self, pred: str, truth: str, timeout: float | None = None, *, in_text: bool = False) -> CheckResult:
         """Whether ``pred`` equals ``truth`` per math-verify, within ``timeout`` seconds of wall clock.
 
         Time spent waiting for a free worker (all busy with other threads' items) is not part of the timeout. A worker
@@ -348,6 +354,8 @@ class GradingPool:
             pred: extracted prediction.
             truth: ground truth.
             timeout: per-item limit in seconds (default: the pool's).
+            in_text: ``pred`` is a response without an explicit final answer: math-verify extracts the answer
+                from it (its last expression) and the result's ``pred`` says what it found.
 
         Returns:
             The verdict; on timeout ``CheckResult(False, timeout=True)``.
@@ -380,7 +388,7 @@ class GradingPool:
             task_id = next(self._task_ids)
             sent_at = time.monotonic()
             try:
-                worker.send.send((task_id, pred, truth, budget * _SOFT_FRACTION))
+                worker.send.send((task_id, pred, truth, budget * _SOFT_FRACTION, bool(in_text)))
                 ready = worker.recv.poll(budget)
                 reply = worker.recv.recv() if ready else None
             except (EOFError, OSError):
@@ -396,7 +404,7 @@ class GradingPool:
                 self._replace(worker)
                 return CheckResult(False, timeout=True)
             self._idle.put(worker)
-            reply_id, status, equal = reply
+            reply_id, status, equal, extracted = reply
             if reply_id != task_id:  # cannot happen with one task in flight per worker; never trust a stray reply
                 self._bump("errors")
                 return CheckResult(False, error=True)
@@ -406,29 +414,29 @@ class GradingPool:
             if status == "error":
                 self._bump("errors")
                 return CheckResult(False, error=True)
-            return CheckResult(bool(equal))
+            return CheckResult(bool(equal), pred=extracted if in_text else None)
         self._bump("errors")
         return CheckResult(False, error=True)
 
     def check_many(
         self,
-        pairs: Sequence[tuple[str, str]],
+        pairs: Sequence[tuple[str, str] | tuple[str, str, bool]],
         timeout: float | None = None,
         progress: Callable[[int], object] | None = None,
     ) -> list[CheckResult]:
-        """Check many (pred, truth) pairs in parallel; results in input order.
+        """Check many items in parallel; results in input order.
 
         Args:
-            pairs: (prediction, ground truth) pairs.
+            pairs: ``(prediction, ground truth)`` or ``(prediction, ground truth, in_text)`` (see :meth:`check`).
             timeout: per-item limit in seconds.
             progress: called with 1 after each finished item (e.g. ``tqdm.update``).
         """
         if not pairs:
             return []
 
-        def one(pair: tuple[str, str]) -> CheckResult:
+        def one(pair: tuple[str, str] | tuple[str, str, bool]) -> CheckResult:
             try:
-                res = self.check(pair[0], pair[1], timeout)
+                res = self.check(pair[0], pair[1], timeout, in_text=len(pair) > 2 and bool(pair[2]))
             except (RuntimeError, ValueError) as exc:  # closed or broken pool, oversized item: lose the item only
                 logger.error("grading failed: %s", exc)
                 self._bump("errors")

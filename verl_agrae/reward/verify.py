@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from verl_agrae.reward.normalize import clean_for_parser
 
-__all__ = ["math_equal", "quiet_math_verify"]
+__all__ = ["answer_in_text", "math_equal", "quiet_math_verify"]
 
 
 def quiet_math_verify() -> None:
@@ -56,3 +56,26 @@ def math_equal(pred: str, truth: str) -> bool:
     if not gold or not target:
         return False
     return bool(verify(gold, target, timeout_seconds=None))
+
+
+def answer_in_text(text: str, truth: str) -> tuple[bool, str]:
+    """math-verify's own extraction of the answer from a response that states none explicitly, and its verdict.
+
+    The response is parsed as math-verify parses any model output (LaTeX and plain expressions; "answer" anchors
+    first, then the last expression). Unbounded in time like :func:`math_equal`: call it only inside a worker.
+
+    Args:
+        text: the tail of a model output (see ``extract.FALLBACK_CHARS``).
+        truth: ground truth.
+
+    Returns:
+        ``(equal, extracted)``: the verdict and the text math-verify extracted ("" when it found nothing).
+    """
+    from math_verify import parse, verify
+
+    found = parse(text, extraction_config=_configs(), parsing_timeout=None)
+    extracted = next((f for f in found if isinstance(f, str)), "")
+    gold = _parse(truth)
+    if not gold or not found:
+        return False, extracted
+    return bool(verify(gold, found, timeout_seconds=None)), extracted

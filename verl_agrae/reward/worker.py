@@ -12,9 +12,11 @@ instead of re-importing sympy for seconds.
 
 Protocol. The pool sends ``b"F"`` plus two pipe ends (task read end, result write end) over a Unix socket;
 the zygote forks, answers the worker's pid as 8 bytes, and closes its copies of the pipe ends. A worker
-loops: receive ``(task_id, pred, truth, soft_timeout_s)``, reply ``(task_id, status, equal)`` where status
-is "ok", "timeout" (its own timer fired) or "error". Workers exit on EOF (pool closed) and, through
-``PR_SET_PDEATHSIG``, when the zygote dies; the zygote exits on EOF of its socket (pool closed or caller died).
+loops: receive ``(task_id, pred, truth, soft_timeout_s, in_text)``, reply ``(task_id, status, equal, extracted)``
+where status is "ok", "timeout" (its own timer fired) or "error"; with ``in_text`` the "pred" is a response
+without an explicit answer, from which math-verify extracts one (``extracted``, else ""). Workers exit on EOF
+(pool closed) and, through ``PR_SET_PDEATHSIG``, when the zygote dies; the zygote exits on EOF of its socket (pool
+closed or caller died) and, quietly, when the pool closed before it was ready.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import struct
 import sys
 
 READY = b"R"
+_MAX_EXTRACTED_CHARS = 1000  # replies stay far below the pipe buffer
 FORK = b"F"
 PID_FORMAT = "!q"
 
@@ -62,7 +65,7 @@ def _set_pdeathsig() -> None:
 def _worker_loop(task_fd: int, result_fd: int, zygote_pid: int) -> None:
     from multiprocessing.connection import Connection
 
-    from verl_agrae.reward.verify import math_equal
+    from verl_agrae.reward.verify import answer_in_text, math_equal
 
     _set_pdeathsig()
     if os.getppid() != zygote_pid:  # the zygote died between fork and prctl
@@ -72,15 +75,18 @@ def _worker_loop(task_fd: int, result_fd: int, zygote_pid: int) -> None:
     conn_out = Connection(result_fd, readable=False)
     while True:
         try:
-            task_id, pred, truth, soft_timeout = conn_in.recv()
+            task_id, pred, truth, soft_timeout, in_text = conn_in.recv()
         except (EOFError, OSError):
             os._exit(0)
-        status, equal = "error", False
+        status, equal, extracted = "error", False, ""
         try:
             _Timer.armed = True
             signal.setitimer(signal.ITIMER_REAL, max(float(soft_timeout), 0.001))
             try:
-                equal = math_equal(pred, truth)
+                if in_text:
+                    equal, extracted = answer_in_text(pred, truth)
+                else:
+                    equal = math_equal(pred, truth)
                 status = "ok"
             finally:
                 _Timer.armed = False
@@ -90,7 +96,7 @@ def _worker_loop(task_fd: int, result_fd: int, zygote_pid: int) -> None:
         except BaseException:  # noqa: BLE001 - RecursionError, MemoryError, sympy internals: all mean "not equal"
             status = "error"
         try:
-            conn_out.send((task_id, status, bool(equal)))
+            conn_out.send((task_id, status, bool(equal), str(extracted)[:_MAX_EXTRACTED_CHARS]))
         except (OSError, SoftTimeout):
             os._exit(0)
 
@@ -136,7 +142,13 @@ def zygote_main(sock_fd: int) -> None:
         sys.stderr.write(f"verl_agrae.reward.worker: warm-up failed: {exc!r}\n")
         sys.exit(2)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped automatically; the pool kills them by pidfd
-    sock.sendall(READY)
+    try:
+        sock.sendall(READY)
+    except OSError:
+        # The pool closed before we were ready (no item needed a symbolic check): nothing to serve, and nothing
+        # to report (a BrokenPipeError traceback here used to end `verl-agrae eval grade` runs).
+        sock.close()
+        return
     my_pid = os.getpid()
     while True:
         try:

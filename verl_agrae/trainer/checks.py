@@ -21,6 +21,7 @@ __all__ = [
     "check_model_path",
     "check_overlong_buffer",
     "check_prompt_lengths",
+    "check_reward_options",
     "check_rollout_parallelism",
 ]
 
@@ -144,6 +145,23 @@ def check_overlong_buffer(config: DictConfig) -> None:
             f"{node}.len={buffer} must be > 0 and < data.max_response_length={limit} (DAPO's overlong shaping "
             "penalises the last `len` tokens before the limit)"
         )
+
+
+def check_reward_options(config: DictConfig) -> None:
+    """``reward.custom_reward_function.reward_kwargs.extraction`` names an extraction mode of our reward.
+
+    verl calls the reward function only after rollout; a typo there would otherwise fail the first training step.
+    """
+    key = "reward.custom_reward_function.reward_kwargs.extraction"
+    mode = OmegaConf.select(config, key, default=None)
+    if mode is None:
+        return
+    from verl_agrae.reward.extract import check_mode
+
+    try:
+        check_mode(mode)
+    except ValueError as e:
+        raise PreflightError(f"{key}: {e}") from e
 
 
 def _model_bytes(model_path: str) -> int:

@@ -177,6 +177,7 @@ def prepare(
         checks.check_data_files(config)
         checks.check_estimator(config)
         checks.check_overlong_buffer(config)
+        checks.check_reward_options(config)
     except checks.PreflightError as e:
         raise TrainingSetupError(str(e)) from e
 
