@@ -65,9 +65,11 @@ def test_extraction_mode_from_reward_kwargs_and_packaged_config():
     cfg = compose_config("grpo", [])
     assert cfg.reward.custom_reward_function.reward_kwargs.extraction == "recall"
     check_reward_options(cfg)
-    cfg = compose_config("dapo", ["reward.custom_reward_function.reward_kwargs.extraction=strict"])
+    cfg = compose_config("dapo", [])  # DAPO grades explicit final answers only, as DAPO's own verifier does
     assert cfg.reward.custom_reward_function.reward_kwargs.extraction == "strict"
     check_reward_options(cfg)
+    cfg = compose_config("dapo_agrae", ["reward.custom_reward_function.reward_kwargs.extraction=recall"])
+    assert cfg.reward.custom_reward_function.reward_kwargs.extraction == "recall"
     cfg = compose_config("grpo", ["reward.custom_reward_function.reward_kwargs.extraction=fuzzy"])
     with pytest.raises(PreflightError, match="reward_kwargs.extraction: extraction mode must be one of"):
         check_reward_options(cfg)
