@@ -210,6 +210,18 @@ def test_sweep_config_errors_name_the_problem(tmp_path, text, match):
         load_sweep(cfg)
 
 
+def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):
+    from verl_agrae.eval.cli import main
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("output_dir: o\nruns: [{name: a, model: m}\nbenchmarks: [{name: x}]\n")  # unclosed list
+    with pytest.raises(ValueError, match=f"{cfg}: not valid YAML: line 3, column 1: expected ','"):
+        load_sweep(cfg)
+    assert main(["sweep", str(cfg), "--num-cells"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: not valid YAML: line 3" in err and "Traceback" not in err
+
+
 def test_grade_cell_scores_with_the_reward_module(tmp_path):
     """Hand-written responses through the real ``score_batch``: acc, extracted answers and maj@k plumbing."""
     pytest.importorskip("verl_agrae.reward", reason="grading needs the reward module")

@@ -48,6 +48,14 @@ def test_invalid_agrae_option(capsys, tiny_model_dir, data_dir, tmp_path):
     assert code == 2 and "algorithm.agrae" in err and "alpha" in err
 
 
+def test_unknown_agrae_key_is_refused_before_any_data_is_written(capsys, tiny_model_dir, tmp_path):
+    argv = ["--config-name", "cpu", f"actor_rollout_ref.model.path={tiny_model_dir}", f"run.dir={tmp_path / 'r'}"]
+    argv += ["data.train_files=null", "data.val_files=null"]  # null: the arithmetic task would be generated
+    code, err = _run(capsys, [*argv, "+algorithm.agrae.alfa=0.5"])
+    assert code == 2 and "unknown key(s) under algorithm.agrae: alfa" in err
+    assert not (tmp_path / "r" / "data").exists()
+
+
 def test_dapo_overlong_buffer_longer_than_the_response_limit(capsys, tiny_model_dir, data_dir, tmp_path):
     argv = _args(tiny_model_dir, data_dir, tmp_path / "r", "trainer.device=cpu", "data.max_response_length=128")
     argv[1] = "dapo"  # its overlong buffer is 512 tokens

@@ -83,6 +83,15 @@ def _check_names(kind: str, names: list[str]) -> None:
         raise ValueError(f"duplicate {kind} name(s): {dupes}")
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # PyYAML's message is several lines about "<unicode string>"; say where and what, once, in the file's terms.
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (f"{problem} ({context})" if context else problem)
+
+
 def load_sweep(path: str | os.PathLike[str], *, output_dir: str | None = None) -> SweepConfig:
     """Parse and validate a sweep YAML.
 
@@ -91,12 +100,16 @@ def load_sweep(path: str | os.PathLike[str], *, output_dir: str | None = None) -
         output_dir: override ``output_dir`` (relative paths in the YAML are relative to the working directory).
 
     Raises:
-        ValueError: a missing section, unknown key or bad name, naming it.
+        ValueError: invalid YAML (naming the file, line and column), a missing section, unknown key or bad name,
+            naming it.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"sweep file not found: {p}")
-    raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{p}: a sweep file must be a mapping")
     allowed = {"output_dir", "runs", "benchmarks", "sampling", "generation", "grading", "report", "data_dir"}

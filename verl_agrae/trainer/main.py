@@ -171,13 +171,14 @@ def prepare(
             _set(config, key, str(path))
 
     try:
+        # Checks of the config alone first: a typo must not cost a model conversion or leave data files behind.
+        checks.check_estimator(config)
+        checks.check_overlong_buffer(config)
+        checks.check_reward_options(config)
         _resolve_model(config)
         _resolve_data(config, run_cfg, run_dir.data)
         checks.check_model_path(str(config.actor_rollout_ref.model.path))
         checks.check_data_files(config)
-        checks.check_estimator(config)
-        checks.check_overlong_buffer(config)
-        checks.check_reward_options(config)
     except checks.PreflightError as e:
         raise TrainingSetupError(str(e)) from e
 
