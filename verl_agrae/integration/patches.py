@@ -43,6 +43,7 @@ __all__ = [
     "apply_cpu_patches",
     "applied_patches",
     "check_targets",
+    "continuous_token_warning_for_llama",
     "fsdp2_offload_policy_pins_memory",
     "process_group_backend_names_cpu_twice",
     "separate_async_logs_with_print_keywords",
@@ -728,6 +729,44 @@ def vllm_live_weights_active() -> bool:
     return hasattr(dispatch, "_verl_agrae_original")
 
 
+# ---------------------------------------------------------------------------------------------------
+# 9. verl's agent loop warns "No model-specific Continuous Token builder is registered for config.json
+#    model_type='llama'; falling back to default" every time it builds a tokenization builder
+#    (verl/utils/tokenizer/continuous_token_wiring.py, infer_continuous_token_model_family): hundreds of
+#    lines per step from the agent-loop workers for Llama-architecture models (SmolLM2, our tiny test
+#    model). The generic builder is the right one for them; registering it for `llama` selects exactly
+#    what the fallback selects, without the warning.
+# ---------------------------------------------------------------------------------------------------
+
+CONTINUOUS_TOKEN_MODULE = "verl.utils.tokenizer.continuous_token_wiring"
+#: Model types whose chat tokenization verl's generic (``default``) Continuous Token builder handles.
+GENERIC_CONTINUOUS_TOKEN_MODEL_TYPES = ("llama",)
+
+
+def _continuous_token_targets() -> Any:
+    module = importlib.import_module(CONTINUOUS_TOKEN_MODULE)
+    registry = getattr(module, "_MODEL_TYPE_TO_FAMILY", None)
+    family = getattr(module, "ContinuousTokenModelFamily", None)
+    _require(
+        isinstance(registry, dict) and family is not None and hasattr(family, "DEFAULT"),
+        "_MODEL_TYPE_TO_FAMILY (dict) and ContinuousTokenModelFamily.DEFAULT",
+        CONTINUOUS_TOKEN_MODULE,
+    )
+    return module
+
+
+@_once
+def continuous_token_warning_for_llama() -> None:
+    """Register verl's generic Continuous Token builder for ``llama`` (what its fallback picks, minus the warning).
+
+    Raises:
+        PatchTargetChanged: if verl no longer looks as assumed.
+    """
+    module = _continuous_token_targets()
+    for model_type in GENERIC_CONTINUOUS_TOKEN_MODEL_TYPES:
+        module._MODEL_TYPE_TO_FAMILY.setdefault(model_type, module.ContinuousTokenModelFamily.DEFAULT)
+
+
 _PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
     "fsdp2_offload_policy_pins_memory": (fsdp2_offload_policy_pins_memory, _offload_policy_targets),
     "valuehead_model_hardcodes_flash_attention": (
@@ -742,6 +781,7 @@ _PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
     ),
     "verl_looks_up_vllm_by_distribution_name": (verl_looks_up_vllm_by_distribution_name, _vllm_version_targets),
     "weight_sync_waits_forever": (weight_sync_waits_forever, _weight_transfer_targets),
+    "continuous_token_warning_for_llama": (continuous_token_warning_for_llama, _continuous_token_targets),
 }
 
 #: Patches of vLLM itself, checked by check_targets only where vLLM is installed.

@@ -30,12 +30,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from verl_agrae.trainer.console import training_console
+
 logger = logging.getLogger("verl_agrae.trainer")
 
 __all__ = ["compose_config", "main", "prepare"]
 
 CONFIG_DIR = Path(__file__).parent / "config"
 DEFAULT_CONFIG = "agrae"
+#: Everything the run printed (verl's metric lines, worker logs, warnings), in the run directory.
+TRAIN_LOG = "train.log"
 
 
 class TrainingSetupError(RuntimeError):
@@ -291,6 +295,12 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--config-name", "-c", default=DEFAULT_CONFIG, help="packaged config (agrae, cpu, cpu_demo)")
     parser.add_argument("--config-dir", default=None, help="extra folder of configs searched first")
     parser.add_argument("--print-config", action="store_true", help="print the prepared config and exit")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show verl's and the workers' full output live (it always goes to <run dir>/train.log)",
+    )
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
@@ -359,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args, overrides = _parse(argv)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Quiet until the run's log file takes over (training_console); --verbose shows everything as it comes.
+        level = logging.INFO if args.verbose or args.print_config else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from verl_agrae.trainer.cpu_overrides import add_worker_env
     from verl_agrae.trainer.run_dir import RECORD_DIR_ENV, ResumeConfigMismatch, RunDir
@@ -417,28 +429,41 @@ def _main(argv: list[str] | None) -> int:
 
     we_started_ray = not ray.is_initialized()
     code = 0
-    try:
-        _run_verl(config)
-    except KeyboardInterrupt:
+    failure: BaseException | None = None
+    log_path = run_dir.root / TRAIN_LOG
+    root_logger = logging.getLogger()
+    quiet_level = root_logger.level
+    total = OmegaConf.select(config, "trainer.total_training_steps", default=None)
+    with training_console(
+        log_path, attempt / "metrics.jsonl", total_steps=total, first_step=start_step, verbose=args.verbose
+    ):
+        root_logger.setLevel(min(quiet_level, logging.INFO))  # everything goes to train.log from here
+        try:
+            _run_verl(config)
+        except KeyboardInterrupt:
+            code = 130
+        except Exception as e:
+            logger.exception("training failed")
+            failure, code = e, 1
+        finally:
+            if we_started_ray and ray.is_initialized():
+                ray.shutdown()
+            root_logger.setLevel(quiet_level)
+    if code == 130:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        code = 130
-    except Exception as e:
+    if failure is not None:
         from verl_agrae.trainer.failures import failed_role
 
-        role = failed_role(e)
+        role = failed_role(failure)
         # Ray's text for a dead actor runs to pages: the role line goes before it and again after it, where a
         # terminal leaves it in view.
         headline = f"error: the {role} died" if role else "error: training failed"
         print(
-            f"{headline}: {type(e).__name__}: {e}\n{headline}.\n"
+            f"{headline}: {type(failure).__name__}: {failure}\n{headline}.\n"
             f"Checkpoints up to step {run_dir.latest_checkpoint_step()} are in {run_dir.checkpoints}; "
-            "rerun the same command to resume from there.",
+            f"rerun the same command to resume from there. Full log: {log_path}",
             file=sys.stderr,
         )
-        code = 1
-    finally:
-        if we_started_ray and ray.is_initialized():
-            ray.shutdown()
 
     summary = summarize(run_dir, run_cfg)
     elapsed = time.monotonic() - started
@@ -449,7 +474,10 @@ def _main(argv: list[str] | None) -> int:
         for s in steps:
             print(f"  step {s:>4}: {acc[s]:.3f}")
         print(f"before: {acc[steps[0]]:.3f}  after: {acc[steps[-1]]:.3f}")
-    print(f"training {'finished' if code == 0 else 'stopped'} in {elapsed / 60:.1f} min; results in {run_dir.root}")
+    print(
+        f"training {'finished' if code == 0 else 'stopped'} in {elapsed / 60:.1f} min; results in {run_dir.root} "
+        f"(full log: {TRAIN_LOG})"
+    )
     print(f"  metrics: {summary['metrics']}\n  plots:   {run_dir.plots}\n  summary: {run_dir.summary_path}")
     return code
 
