@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -114,3 +115,39 @@ def test_derive_seed_is_deterministic_and_distinct():
     assert derive_seed(0, 5) == derive_seed(0, 5)
     assert len({derive_seed(0, i) for i in range(1000)}) == 1000
     assert 0 <= derive_seed(1, 2, 3) < 2**31
+
+
+def test_the_cpu_demo_task_is_one_definition_for_training_and_evaluation(tmp_path):
+    """The sweep preset `arithmetic` with `task: cpu_demo` gives exactly the problems, prompts and reward routing the
+    demo's training run validates on (written by the trainer's own data step from the packaged cpu_demo config)."""
+    import re
+
+    from omegaconf import OmegaConf, open_dict
+
+    from verl_agrae.eval.datasets import BenchmarkSpec, load_benchmark, load_rl_parquet
+    from verl_agrae.trainer.main import _resolve_data, compose_config
+
+    config = compose_config("cpu_demo", [])
+    with open_dict(config):
+        run_cfg = config.pop("run")
+    assert OmegaConf.select(config, "data.val_files") is None  # the demo generates its data
+    _resolve_data(config, run_cfg, tmp_path / "demo")
+    trained_on = load_rl_parquet(config.data.val_files)
+
+    spec = BenchmarkSpec.from_dict({"name": "arithmetic", "preset": "arithmetic", "task": "cpu_demo", "split": "val"})
+    evaluated = load_benchmark(spec, cache_dir=tmp_path / "cache")
+    assert len(evaluated) == len(trained_on) == 64
+    assert [(p.prompt, p.ground_truth, p.data_source) for p in evaluated] == [
+        (p.prompt, p.ground_truth, p.data_source) for p in trained_on
+    ]
+    # What the demo definition says, checked on the problems themselves.
+    for p in evaluated:
+        text = p.prompt[-1]["content"]
+        assert p.data_source == "arithmetic" and text.endswith("Answer with the final number only.")
+        assert all(int(n) <= 20 for n in re.findall(r"\d+", text.split("?")[0]))
+    # The packaged sweep reads the same task.
+    from verl_agrae.eval.sweep import load_sweep
+
+    sweep = Path(__file__).resolve().parents[1] / "examples" / "sweeps" / "cpu_arithmetic.yaml"
+    (bench,) = load_sweep(sweep).benchmarks
+    assert bench.options == {"task": "cpu_demo", "split": "val"}

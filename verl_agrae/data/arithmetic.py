@@ -10,13 +10,47 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from verl_agrae.data.rl_parquet import PROMPT_SUFFIX, make_rl_row, write_rl_parquet
 
 DATA_SOURCE = "arithmetic"
 OPS = ("+", "-", "*")
+
+#: Named arithmetic tasks: the one definition that training (``run.arithmetic_data.task``) and evaluation (sweep
+#: benchmark ``preset: arithmetic`` with ``task:``) both read, so a trained demo checkpoint is evaluated on its own
+#: held-out problems, prompt and reward rule.
+TASKS: dict[str, dict[str, object]] = {
+    # The CPU demo (verl-agrae train --config-name cpu_demo). Operands up to 20 (products up to 9 x 9):
+    # SmolLM2-135M starts at about 31% greedy accuracy, room to learn either way; with up to 99 it starts at 23%
+    # and samples at T=0.7 are right only 12% of the time. It answers short questions directly with this
+    # instruction; the default "reason step by step ... \boxed{}" makes it ramble past the length limit.
+    "cpu_demo": {
+        "n_train": 256,
+        "n_val": 64,
+        "seed": 0,
+        "max_operand": 20,
+        "suffix": "Answer with the final number only.",
+    },
+}
+
+
+def task_options(spec: Mapping[str, object]) -> dict[str, object]:
+    """Expand ``task: NAME`` in an arithmetic-data spec into :data:`TASKS` ``[NAME]``; other keys override it.
+
+    Keys whose value is None are dropped (a config's "unset": the task's value, or the caller's default, applies).
+
+    Raises:
+        ValueError: an unknown task name, listing the known ones.
+    """
+    options = {k: v for k, v in spec.items() if v is not None}
+    name = options.pop("task", None)
+    if name is None:
+        return options
+    if name not in TASKS:
+        raise ValueError(f"unknown arithmetic task {name!r}; known: {sorted(TASKS)}")
+    return {**TASKS[name], **options}
 
 
 def _candidates(op: str, max_operand: int, max_factor: int, allow_negative: bool) -> list[tuple[int, int]]:

@@ -7,6 +7,8 @@ training data) and cache the converted verl RL parquet next to the sweep outputs
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -89,7 +91,9 @@ class BenchmarkSpec:
         path: file or directory; optional for presets (looked up under the data dir).
         limit: keep only the first ``limit`` problems (quick subsets).
         data_source: override the reward routing key.
-        options: preset-specific options (arithmetic: ``n_train``, ``n_val``, ``seed``, ``split``).
+        options: preset-specific options (arithmetic: ``task`` (a name in ``verl_agrae.data.arithmetic.TASKS``,
+            e.g. ``cpu_demo``: the problems a training config generates), ``n_train``, ``n_val``, ``seed``,
+            ``split``, and the generator's options such as ``max_operand`` and ``suffix``).
     """
 
     name: str
@@ -221,9 +225,12 @@ def load_benchmark(
     cache = Path(cache_dir)
     preset = spec.preset
     if preset == "arithmetic":
-        from verl_agrae.data.arithmetic import write_arithmetic_dataset
+        from verl_agrae.data.arithmetic import task_options, write_arithmetic_dataset
 
-        opts = dict(spec.options)
+        try:
+            opts = task_options(spec.options)  # `task: cpu_demo`: the demo's own problems, prompt and split sizes
+        except ValueError as e:
+            raise EvalDataError(f"benchmark {spec.name!r}: {e}") from e
         split = str(opts.pop("split", "val"))
         if split not in ("train", "val"):
             raise EvalDataError(f"benchmark {spec.name!r}: arithmetic split must be 'train' or 'val', got {split!r}")
@@ -232,7 +239,9 @@ def load_benchmark(
             "n_val": int(opts.pop("n_val", 128)),
             "seed": int(opts.pop("seed", 0)),
         }
-        out = cache / f"arithmetic_{kwargs['n_train']}_{kwargs['n_val']}_{kwargs['seed']}"
+        # Every generator option is in the cache key: two specs share files only if they make the same problems.
+        key = hashlib.sha256(json.dumps({**kwargs, **opts}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        out = cache / f"arithmetic_{kwargs['n_train']}_{kwargs['n_val']}_{kwargs['seed']}_{key}"
         path = out / f"{split}.parquet"
         if not path.is_file():
             path = write_arithmetic_dataset(out, **kwargs, **opts)[split]

@@ -115,16 +115,21 @@ def _resolve_data(config: DictConfig, run_cfg: DictConfig, data_dir: Path) -> No
     spec = OmegaConf.select(run_cfg, "arithmetic_data", default=None)
     if spec is None:
         raise TrainingSetupError("data.train_files and data.val_files must be set (verl RL parquet files)")
-    from verl_agrae.data.arithmetic import write_arithmetic_dataset
+    from verl_agrae.data.arithmetic import task_options, write_arithmetic_dataset
 
     train, val = data_dir / "train.parquet", data_dir / "val.parquet"
     if not (train.is_file() and val.is_file()):
-        # Every other key (suffix, ops, max_operand, max_factor, allow_negative) goes to the generator, which
-        # names an unknown one in its TypeError.
-        kwargs = {k: v for k, v in OmegaConf.to_container(spec).items() if k not in ("n_train", "n_val", "seed")}
         try:
+            options = task_options(OmegaConf.to_container(spec))
+            # Every other key (suffix, ops, max_operand, max_factor, allow_negative) goes to the generator, which
+            # names an unknown one in its TypeError.
+            kwargs = {k: v for k, v in options.items() if k not in ("n_train", "n_val", "seed")}
             write_arithmetic_dataset(
-                data_dir, n_train=int(spec.n_train), n_val=int(spec.n_val), seed=int(spec.seed), **kwargs
+                data_dir,
+                n_train=int(options.get("n_train", 512)),
+                n_val=int(options.get("n_val", 64)),
+                seed=int(options.get("seed", 0)),
+                **kwargs,
             )
         except (TypeError, ValueError) as e:
             raise TrainingSetupError(f"run.arithmetic_data: {e}") from e
