@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("verl_agrae.eval.cli", "Pass@k evaluation: generate, grade, report, sweeps"),
     "data": ("verl_agrae.data.cli", "convert local datasets into verl RL parquet"),
     "doctor": ("verl_agrae.doctor", "check every Ray node: versions, GPUs, `agrae` registered"),
+    "compare": ("verl_agrae.compare", "train methods x seeds, evaluate Pass@k, report paired differences"),
 }
 
 

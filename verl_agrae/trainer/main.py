@@ -253,8 +253,11 @@ def _accuracy_key(row: dict[str, Any]) -> str | None:
     return None
 
 
-def summarize(run_dir: Any, run_cfg: DictConfig) -> dict[str, Any]:
-    """Merge the attempts' metrics (A-GRAE diagnostics are logged live by our trainer modes), plot, summarise."""
+def summarize(run_dir: Any, run_cfg: DictConfig, exit_code: int | None = None) -> dict[str, Any]:
+    """Merge the attempts' metrics (A-GRAE diagnostics are logged live by our trainer modes), plot, summarise.
+
+    ``exit_code`` (the last attempt's, see :func:`main`) goes into ``summary.json``: 0 means the run finished.
+    """
     from verl_agrae.trainer.plots import plot_metrics
 
     rows = run_dir.merge_metrics()
@@ -271,6 +274,7 @@ def summarize(run_dir: Any, run_cfg: DictConfig) -> dict[str, Any]:
         "accuracy_before": accuracy[min(accuracy)] if accuracy else None,
         "accuracy_after": accuracy[max(accuracy)] if accuracy else None,
         "checkpoint_step": run_dir.latest_checkpoint_step(),
+        "exit_code": exit_code,
         "metrics": str(run_dir.metrics_path),
         "plots": [str(p) for p in plots],
         "config": str(run_dir.config_path),
@@ -470,7 +474,7 @@ def _main(argv: list[str] | None) -> int:
             file=sys.stderr,
         )
 
-    summary = summarize(run_dir, run_cfg)
+    summary = summarize(run_dir, run_cfg, exit_code=code)
     elapsed = time.monotonic() - started
     acc = summary["validation_accuracy"]
     if acc:
