@@ -99,3 +99,48 @@ def test_ordinary_errors_have_no_role(ray_session):
         ray.get(boom.remote())
     assert failed_role(info.value) is None
     assert failed_role(KeyError("x")) is None
+
+
+def test_a_dead_rollout_server_behind_verls_no_trajectories_error_is_named(ray_session):
+    """verl's sync buffer reports failed rollouts as "no materializable trajectories"; the trainer mixin finds the
+    rollout server actor that died and raises Ray's error for it, which names the role."""
+    from verl_agrae.integration.trainers import NO_TRAJECTORIES, AgraeTrainerMixin
+    from verl_agrae.trainer.failures import failed_role
+
+    class HFRolloutServer:
+        def die(self):
+            os._exit(1)
+
+        def ping(self):
+            return "alive"
+
+    alive = ray.remote(HFRolloutServer).remote()
+    dead = ray.remote(max_restarts=0)(HFRolloutServer).remote()
+    with pytest.raises(ray.exceptions.ActorDiedError):
+        ray.get(dead.die.remote(), timeout=120)
+    assert ray.get(alive.ping.remote()) == "alive"
+
+    class Replica:
+        servers = [alive, dead]
+
+    class Manager:
+        def get_replicas(self):
+            return [Replica()]
+
+    class Base:
+        def _step_once(self, metrics, timing_raw, sample_batch_size):
+            raise RuntimeError(f"Sync replay buffer {NO_TRAJECTORIES}. Enable trainer.v1.sampler...")
+
+    class Trainer(AgraeTrainerMixin, Base):
+        llm_server_manager = Manager()
+
+    with pytest.raises(Exception) as info:
+        Trainer()._step_once({}, {}, 2)
+    assert failed_role(info.value) == "rollout server (`hf` backend) [HFRolloutServer]"
+    assert NO_TRAJECTORIES in str(info.value.__cause__)
+
+    class NoneDead(Trainer):
+        llm_server_manager = type("M", (), {"get_replicas": lambda self: [type("R", (), {"servers": [alive]})()]})()
+
+    with pytest.raises(RuntimeError, match="no materializable trajectories"):  # nobody died: verl's error stands
+        NoneDead()._step_once({}, {}, 2)

@@ -31,6 +31,10 @@ and ``separate_async`` trainers, plus:
   skips (its checkpoint exists) with no metrics. Right before each checkpoint, the metrics the step has so far
   are appended to ``checkpointed_metrics.jsonl`` next to verl's file-logger output (``VERL_FILE_LOGGER_PATH``),
   which ``verl-agrae train`` merges under verl's own rows.
+- **A dead rollout server is named.** When a rollout server dies, its requests fail and verl's sync buffer raises
+  "selected terminal groups with no materializable trajectories" (suggesting ``sync_refill_failed_groups``); the
+  mixin then asks each rollout server actor whether it is alive and raises Ray's error for the dead one, which
+  ``verl-agrae train`` turns into the role ("rollout server (`hf` backend) [HFRolloutServer]").
 - **Replay-buffer poll interval** ``trainer.v1.sampler.poll_interval`` (verl: fixed 2 s; ``cpu.yaml``: 0.2 s).
 - **Reference policy on its own pool** (``ref_pool.nnodes`` and ``ref_pool.n_gpus_per_node`` > 0, with
   ``actor_rollout_ref.hybrid_engine=False`` so the reference runs as its own worker group): verl puts it on
@@ -75,6 +79,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REF_POOL = "ref_pool"
+#: verl's sync replay buffer, when every selected group's rollouts failed (replay_buffer.py, sample()).
+NO_TRAJECTORIES = "selected terminal groups with no materializable trajectories"
 #: Our trainer modes and the verl modes they extend.
 VERL_MODE = {"agrae_sync": "sync", "agrae_separate_async": "separate_async"}
 
@@ -171,6 +177,35 @@ class AgraeTrainerMixin:
                 raise ValueError(f"trainer.v1.sampler.poll_interval must be > 0, got {interval}")
             buffer.poll_interval = float(interval)
         return buffer
+
+    def _step_once(self, metrics: dict, timing_raw: dict, sample_batch_size: int):
+        try:
+            return super()._step_once(metrics, timing_raw, sample_batch_size)
+        except RuntimeError as e:
+            # A dead rollout server fails its requests; verl's sync buffer then finds no trajectories and says
+            # so, pointing at sync_refill_failed_groups. Which actor died is what the user needs to read.
+            if NO_TRAJECTORIES not in str(e):
+                raise
+            died = self._dead_rollout_server()
+            if died is not None:
+                raise died from e
+            raise
+
+    def _dead_rollout_server(self) -> BaseException | None:
+        """Ray's error for the first rollout server actor that no longer answers, or None."""
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+
+        manager = getattr(self, "llm_server_manager", None)
+        for replica in manager.get_replicas() if manager is not None else ():
+            for server in getattr(replica, "servers", ()):
+                try:
+                    ray.get(server.__ray_ready__.remote(), timeout=30)
+                except (ActorDiedError, ActorUnavailableError) as died:
+                    return died
+                except GetTimeoutError:  # alive but busy: not the one
+                    continue
+        return None
 
     def _compute_advantage(self, batch, metrics: dict):
         generated = metrics.pop(GENERATED_GROUPS_KEY, None)  # not a scalar: never logged as is
