@@ -406,11 +406,11 @@ agrae_checkpoint_step() {
 # made progress (Ray is stopped first: `scontrol requeue` makes SLURM send TERM to this shell at once), otherwise
 # end it with the reason. A requeue without progress would repeat the same attempt until someone cancels the
 # job: SLURM sends the warning again, just as early, in every restart. Args: progress before and after this
-# attempt (numbers), what they count. AGRAE_REQUEUE_ON_USR1=0 never requeues.
+# attempt (numbers), what they count, and optionally why. AGRAE_REQUEUE_ON_USR1=0 never requeues.
 agrae_requeue_if_progress() {
-    local before=$1 after=$2 what=$3
+    local before=$1 after=$2 what=$3 why=${4:+; $4}
     if ((after <= before)); then
-        agrae_die "time limit near and this attempt made no progress ($what still $after): not requeueing, a requeue would repeat it. Give the job more time (--time) or an earlier warning that leaves room for a step (--signal=B:USR1@SECONDS)"
+        agrae_die "time limit near and this attempt made no progress ($what still $after$why): not requeueing, a requeue would repeat it. Give the job more time (--time) or an earlier warning that leaves room for a step (--signal=B:USR1@SECONDS)"
     fi
     if [[ "${AGRAE_REQUEUE_ON_USR1:-1}" != 1 ]]; then
         agrae_log "$what: $before -> $after in this attempt; AGRAE_REQUEUE_ON_USR1=0: not requeueing (resubmit to continue)"
