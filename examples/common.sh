@@ -73,7 +73,12 @@ agrae_paper_overrides() {
         actor_rollout_ref.rollout.val_kwargs.top_p=0.95
         actor_rollout_ref.rollout.val_kwargs.n=1
         trainer.total_epochs=20
-        trainer.save_freq=10
+        # A checkpoint every 5 steps (about an hour at 7B on 8 GPUs): a crash loses at most that; a requeue at the
+        # time limit loses at most the step in progress (slurm/train.sbatch saves first). Two kept: with optimizer
+        # state each is ~100 GB at 7B, and the older one covers a save cut short.
+        trainer.save_freq=5
+        trainer.max_actor_ckpt_to_keep=2
+        trainer.max_critic_ckpt_to_keep=2
         trainer.test_freq=10
         trainer.project_name=verl_agrae_paper
     )

@@ -4,11 +4,13 @@
 #   slurm/submit_eval_sweep.sh examples/sweeps/pass_at_256.yaml [extra sbatch options for the cells...]
 #
 # Variables:
-#   AGRAE_EVAL_CELLS    number of cells (default: `verl-agrae eval sweep SWEEP --num-cells`)
+#   AGRAE_EVAL_CELLS    number of cells (default: `verl-agrae eval sweep SWEEP --num-cells`, run with verl-agrae
+#                       from PATH or else in the environment the jobs use: AGRAE_VENV, AGRAE_CONDA_ENV, ...)
 #   AGRAE_ARRAY_LIMIT   run at most this many cells at once (sbatch --array=...%LIMIT)
-#   AGRAE_REPORT_SBATCH extra sbatch options for the report job (space-separated)
+#   AGRAE_REPORT_SBATCH extra sbatch options for the report job (space-separated; it asks for 2 CPUs and 1 hour)
 # Environment activation variables (AGRAE_VENV, ...) are read by the jobs; export them before submitting
-# (sbatch passes the submitting environment on by default).
+# (sbatch passes the submitting environment on by default). verl-agrae need not be installed on this host.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,9 +25,28 @@ shift
     exit 1
 }
 
+# The number of cells, from verl-agrae on PATH or, in a subshell, from the environment the jobs activate (the
+# library's agrae_setup_env: venv, conda, modules, container), so a login node needs no installation of its own.
+count_cells() {
+    if command -v verl-agrae >/dev/null; then
+        verl-agrae eval sweep "$sweep" --num-cells
+        return
+    fi
+    (
+        # shellcheck source=lib/ray_cluster.sh
+        source "$here/lib/ray_cluster.sh"
+        agrae_setup_env
+        if [[ ${#AGRAE_WRAP[@]} -eq 0 ]] && ! command -v verl-agrae >/dev/null; then
+            echo "$0: verl-agrae is not on PATH and no job environment provides it (AGRAE_VENV, AGRAE_CONDA_ENV, AGRAE_MODULES, AGRAE_APPTAINER_IMAGE); set one, or AGRAE_EVAL_CELLS" >&2
+            exit 1
+        fi
+        agrae_run verl-agrae eval sweep "$sweep" --num-cells
+    )
+}
+
 cells=${AGRAE_EVAL_CELLS:-}
 if [[ -z "$cells" ]]; then
-    cells=$(verl-agrae eval sweep "$sweep" --num-cells) || {
+    cells=$(count_cells) || {
         echo "$0: could not count the cells of $sweep (set AGRAE_EVAL_CELLS)" >&2
         exit 1
     }

@@ -176,6 +176,13 @@ sampling: [{name: t06}, {name: t10, temperature: 1.0}]
     assert parsed.benchmarks[0].preset == "math500"
     assert eval_main(["sweep", str(cfg), "--cell", "8"]) == 2
     assert "out of range" in capsys.readouterr().err
+    # where a cell writes (slurm/eval_sweep.sbatch counts its shards there to tell whether an attempt progressed)
+    assert eval_main(["sweep", str(cfg), "--cell-dir", "7"]) == 0
+    assert capsys.readouterr().out.strip() == str(Path("out") / "cells" / "b__arith__t10")
+    assert eval_main(["sweep", str(cfg), "--cell-dir", "8", "--output-dir", "elsewhere"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert eval_main(["sweep", str(cfg), "--cell-dir", "0", "--output-dir", "elsewhere"]) == 0
+    assert capsys.readouterr().out.strip() == str(Path("elsewhere") / "cells" / "a__math500__t06")
 
 
 _BASE = "output_dir: o\nruns: [{name: a, model: m}]\nbenchmarks: [{name: x}]\n"

@@ -226,3 +226,72 @@ def test_a_checkpointed_step_keeps_its_metrics_when_the_final_log_is_lost(tmp_pa
     rows = {r["step"]: r for r in RunDir(tmp_path / "run").merge_metrics()}
     assert rows[1]["actor/pg_loss"] == 9.0  # verl's own row wins
     assert rows[2] == {"step": 2, "actor/pg_loss": 1.0, "agrae/mu": 0.25}  # survived; non-numbers left out
+
+
+class _LoopBase:
+    """verl 0.9.1's V1 ``fit`` loop reduced to what a stop request touches (trainer_base.py, ``fit``): each step
+    trains, saves at ``save_freq`` and on the last step, runs ``on_step_end`` (the weight sync), logs, and the loop
+    continues while ``global_steps <= total_training_steps``."""
+
+    def __init__(self, total: int, save_freq: int, touch_after: int | None, stop_file):
+        self.total_training_steps, self.save_freq = total, save_freq
+        self.touch_after, self.stop_file = touch_after, stop_file
+        self.saved, self.synced, self.logged = [], [], []
+
+    def _save_checkpoint(self):
+        self.saved.append(self.global_steps)
+
+    def on_step_end(self):
+        self.synced.append(self.global_steps)
+
+    def fit(self):
+        self.global_steps = 1
+        while self.global_steps <= self.total_training_steps:
+            is_last_step = self.global_steps >= self.total_training_steps
+            if self.global_steps == self.touch_after:  # the request arrives while this step trains
+                self.stop_file.write_text("time limit\n")
+            if self.save_freq > 0 and (is_last_step or self.global_steps % self.save_freq == 0):
+                self._save_checkpoint()
+            self.on_step_end()
+            self.logged.append(self.global_steps)
+            self.global_steps += 1
+
+
+class _LoopTrainer(AgraeTrainerMixin, _LoopBase):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("total", "save_freq", "touch_after", "saved", "logged", "ack"),
+    [
+        (10, 4, 6, [4, 6], [1, 2, 3, 4, 5, 6], 6),  # saves the step it finished, then stops
+        (10, 4, 8, [4, 8], [1, 2, 3, 4, 5, 6, 7, 8], 8),  # verl saved that step already: not twice
+        (10, -1, 2, [2], [1, 2], 2),  # no periodic checkpoints at all: the request still saves
+        (3, 2, 3, [2, 3], [1, 2, 3], None),  # on the last step the run ends anyway: no stop, no acknowledgement
+        (5, 2, None, [2, 4, 5], [1, 2, 3, 4, 5], None),  # no request: verl's behaviour unchanged
+    ],
+)
+def test_stop_request_saves_the_finished_step_and_ends_the_loop(
+    tmp_path, monkeypatch, total, save_freq, touch_after, saved, logged, ack
+):
+    from verl_agrae.trainer import stop_request
+
+    stop_file = tmp_path / "stop-request"
+    monkeypatch.setenv(stop_request.STOP_FILE_ENV, str(stop_file))
+    trainer = _LoopTrainer(total, save_freq, touch_after, stop_file)
+    trainer.fit()
+    assert trainer.saved == saved
+    assert trainer.logged == logged  # the stopped step is still logged; nothing after it runs
+    assert trainer.synced == logged  # verl's own end of step (weight sync) still runs for every trained step
+    assert stop_request.acknowledged_step(stop_file) == ack
+
+
+def test_no_stop_file_variable_means_no_requests(tmp_path, monkeypatch):
+    from verl_agrae.trainer import stop_request
+
+    monkeypatch.delenv(stop_request.STOP_FILE_ENV, raising=False)
+    stop_file = tmp_path / "stop-request"
+    trainer = _LoopTrainer(4, -1, 1, stop_file)
+    trainer.fit()
+    assert trainer.logged == [1, 2, 3, 4] and trainer.saved == []
+    assert stop_request.acknowledged_step(stop_file) is None

@@ -126,6 +126,10 @@ def test_bootstrap_starts_head_and_workers_then_trains_and_cleans_up(tmp_path, n
         assert _flag(c, "temp-dir").endswith(f"/ray-{JOB_ID}")
     for c in workers:
         assert _flag(c, "address") == f"ip-of-gpu1:{base}"
+    # Each Ray step asks for the job's CPUs and GPUs on its node (a step no longer inherits --cpus-per-task).
+    steps = [c for c in calls if c.startswith("srun ") and " ray start " in c]
+    assert len(steps) == nodes
+    assert all(" --cpus-per-task=32 --gpus-per-node=8 " in c for c in steps), steps
     # It waited for the joins (several status polls when workers are slow), then doctor, then training.
     i_last_start = max(i for i, c in enumerate(calls) if c.startswith("ray start "))
     i_doctor = next(i for i, c in enumerate(calls) if c.startswith("verl-agrae") and " doctor" in c)
@@ -265,7 +269,12 @@ def _start_and_wait_for_training(tmp_path, **extra):
 
 
 def _training_stub_sleeping(pid: int) -> bool:
-    """Whether a `sleep` runs as a child of the fake `verl-agrae` under process ``pid``."""
+    """Whether a `sleep` runs as a child of the fake `verl-agrae train` under process ``pid``."""
+    return _stub_sleeping(pid, "train")
+
+
+def _stub_sleeping(pid: int, command: str) -> bool:
+    """Whether a `sleep` runs as a child of the fake `verl-agrae COMMAND` under process ``pid``."""
     try:
         tree = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -273,30 +282,132 @@ def _training_stub_sleeping(pid: int) -> bool:
     for child in tree:
         try:
             parent = child.parent()
-            if child.name() == "sleep" and parent is not None and "verl-agrae" in " ".join(parent.cmdline()):
+            if child.name() == "sleep" and parent is not None and "verl-agrae " + command in " ".join(parent.cmdline()):
                 return True
         except psutil.Error:
             continue  # a `sleep` that just ended
     return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
-def test_preemption_and_time_limit_signals(tmp_path, sig):
+def test_preemption_stops_the_job_proper_and_cleans_up(tmp_path):
     proc = _start_and_wait_for_training(tmp_path)
     t0 = time.monotonic()
-    proc.send_signal(sig)
+    proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert time.monotonic() - t0 < 15
     calls = _calls(tmp_path)
     assert "verl-agrae train got TERM" in calls  # the job proper is stopped, not orphaned
     assert {c for c in calls if c.startswith("ray stopped")} == {"ray stopped node=gpu1", "ray stopped node=gpu2"}
-    if sig == signal.SIGUSR1:
-        assert f"scontrol requeue {JOB_ID}" in calls
-        assert proc.returncode == 0
-    else:
-        assert proc.returncode == 143 and "caught SIGTERM" in err
-        assert not any(c.startswith("scontrol requeue") for c in calls)
+    assert proc.returncode == 143 and "caught SIGTERM" in err
+    assert not any(c.startswith("scontrol requeue") for c in calls)
     _assert_no_stub_left(tmp_path)
+
+
+def test_time_limit_warning_saves_first_then_requeues(tmp_path):
+    """USR1 (SLURM's warning before the time limit) asks the trainer to save; the job requeues only after the
+    trainer saved and exited, with Ray already stopped (`scontrol requeue` makes SLURM TERM the shell at once)."""
+    proc = _start_and_wait_for_training(tmp_path, STUB_STOP_SAVE_STEP="3")
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    calls = _calls(tmp_path)
+    assert "verl-agrae train got TERM" not in calls  # not killed: it stopped by itself after saving
+    i_stop = calls.index("verl-agrae train stop requested")
+    i_requeue = calls.index(f"scontrol requeue {JOB_ID}")
+    stopped = [i for i, c in enumerate(calls) if c.startswith("ray stopped")]
+    assert len(stopped) == 2 and i_stop < min(stopped) and max(stopped) < i_requeue
+    assert "checkpoint step: 0 -> 3 in this attempt; requeueing job 4242" in err
+    assert (tmp_path / "runs" / "exp-math" / "stop-request").is_file()  # what the trainer saw
+    _assert_no_stub_left(tmp_path)
+
+
+def test_time_limit_warning_without_progress_ends_the_job(tmp_path):
+    """An attempt that saved nothing after the warning is not requeued: the restart would get the warning just as
+    early and repeat it until someone cancels the job."""
+    proc = _start_and_wait_for_training(tmp_path, STUB_ON_STOP="fail")
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "the trainer exited with status 1 after the time-limit warning" in err
+    assert "this attempt made no progress (checkpoint step still 0): not requeueing" in err
+    assert not any(c.startswith("scontrol requeue") for c in _calls(tmp_path))
+    _assert_no_stub_left(tmp_path)
+
+
+def test_time_limit_warning_during_set_up_starts_no_training(tmp_path):
+    """The warning before training even started (time limit shorter than the warning lead): no attempt, no requeue."""
+    env = _env(tmp_path, 2, STUB_JOIN_DELAY="3", AGRAE_RAY_POLL_INTERVAL="0.2")
+    proc = subprocess.Popen(
+        ["bash", str(SLURM / "train.sbatch"), "agrae"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + WAIT_S
+    while not any(c.startswith("ray start node=gpu2") for c in _calls(tmp_path)):  # the job waits for gpu2 to join
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "made no progress (checkpoint step still 0; the warning came before training started): not requeueing" in err
+    calls = _calls(tmp_path)
+    assert not any(c.startswith("verl-agrae") and " train " in c for c in calls)
+    assert not any(c.startswith("scontrol requeue") for c in calls)
+    _assert_no_stub_left(tmp_path)
+
+
+def test_requeue_can_be_turned_off_and_a_stale_request_is_void(tmp_path):
+    run_dir = tmp_path / "runs" / "exp-math"
+    run_dir.mkdir(parents=True)
+    (run_dir / "stop-request").write_text("left by the previous attempt\n")
+    res = _run("train.sbatch", ["agrae"], _env(tmp_path, 1, STUB_TRAIN_SLEEP="1"))
+    assert res.returncode == 0, res.stderr
+    assert "verl-agrae train stop requested" not in _calls(tmp_path)  # removed before training started
+
+    proc = _start_and_wait_for_training(tmp_path, STUB_STOP_SAVE_STEP="2", AGRAE_REQUEUE_ON_USR1="0")
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "AGRAE_REQUEUE_ON_USR1=0: not requeueing" in err
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert not any(c.startswith("scontrol requeue") for c in _calls(tmp_path))
+    _assert_no_stub_left(tmp_path)
+
+
+def test_node_address_is_never_loopback(tmp_path):
+    """Debian/Ubuntu map the hostname to 127.0.1.1: the interface address is used instead; no address at all fails."""
+    res = _run("train.sbatch", ["agrae"], _env(tmp_path, 2, STUB_LOOPBACK_NODES="gpu1 gpu2"))
+    assert res.returncode == 0, res.stderr
+    starts = {c.split()[2]: c for c in _calls(tmp_path) if c.startswith("ray start ")}
+    assert _flag(starts["node=gpu1"], "node-ip-address") == "10.9.0.1"
+    assert _flag(starts["node=gpu2"], "node-ip-address") == "10.9.0.2"
+    assert _flag(starts["node=gpu2"], "address").startswith("10.9.0.1:")
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    res = _run("train.sbatch", ["agrae"], _env(bad, 2, STUB_NO_ADDRESS_NODES="gpu2"))
+    assert res.returncode == 1
+    assert "no address other than loopback on gpu2" in res.stderr
+    assert "could not find a usable address of gpu2" in res.stderr
+    assert not any(c.startswith("verl-agrae") for c in _calls(bad))
+    _assert_no_stub_left(bad)
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    res = _run("train.sbatch", ["agrae"], _env(loop, 2, AGRAE_HEAD_IP="127.0.0.1"))
+    assert res.returncode == 1 and "head address 127.0.0.1 is loopback" in res.stderr
+
+
+def test_cpu_nodes_declare_logical_gpus_to_ray_but_ask_slurm_for_none(tmp_path):
+    env = _env(tmp_path, 2, AGRAE_GPUS_PER_NODE="1", AGRAE_CPUS_PER_NODE="16", SLURM_CPUS_PER_TASK="2")
+    del env["SLURM_GPUS_ON_NODE"]
+    res = _run("train.sbatch", ["agrae"], env)
+    assert res.returncode == 0, res.stderr
+    calls = _calls(tmp_path)
+    starts = [c for c in calls if c.startswith("ray start ")]
+    assert all(_flag(c, "num-gpus") == "1" and _flag(c, "num-cpus") == "16" for c in starts)
+    steps = [c for c in calls if c.startswith("srun ") and " ray start " in c]
+    assert len(steps) == 2 and all(" --cpus-per-task=2 " in c and "--gpus-per-node" not in c for c in steps)
 
 
 def test_doctor_failure_stops_the_job_and_can_be_skipped(tmp_path):
@@ -366,12 +477,66 @@ def test_eval_array_task_runs_its_cell(tmp_path):
     res = _run("eval_sweep.sbatch", [str(sweep)], _env(tmp_path, 1, SLURM_ARRAY_TASK_ID="5"))
     assert res.returncode == 0, res.stderr
     calls = _calls(tmp_path)
-    (cell,) = [c for c in calls if " eval " in c]
-    assert cell.endswith(f"eval sweep {sweep} --cell 5")
+    where, cell = [c for c in calls if " eval " in c]
+    assert where.endswith(f"eval sweep {sweep} --cell-dir 5") and cell.endswith(f"eval sweep {sweep} --cell 5")
     assert any(" doctor" in c for c in calls)
     _assert_no_stub_left(tmp_path)
     res = _run("eval_sweep.sbatch", [str(sweep)], _env(tmp_path, 1))
     assert res.returncode == 1 and "SLURM_ARRAY_TASK_ID is not set" in res.stderr
+
+
+@pytest.mark.parametrize(("shards", "requeued"), [(2, True), (0, False)])
+def test_eval_task_stops_on_the_time_limit_warning_and_requeues_after_progress(tmp_path, shards, requeued):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("output_dir: out\n")
+    env = _env(tmp_path, 1, SLURM_ARRAY_TASK_ID="1", STUB_EVAL_SHARDS=str(shards), STUB_EVAL_SLEEP="60")
+    proc = subprocess.Popen(
+        ["bash", str(SLURM / "eval_sweep.sbatch"), str(sweep)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + WAIT_S
+    while not _stub_sleeping(proc.pid, "eval"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=30)
+    calls = _calls(tmp_path)
+    assert "verl-agrae eval got TERM" in calls  # the cell is stopped (its finished shards stay)
+    assert f"cell 1: {tmp_path}/cells/1 (0 finished shard file(s))" in err
+    if requeued:
+        assert proc.returncode == 0, err
+        assert "finished shard files of the cell: 0 -> 2 in this attempt; requeueing" in err
+        assert calls[-1] == f"scontrol requeue {JOB_ID}"
+    else:
+        assert proc.returncode == 1
+        assert "made no progress (finished shard files of the cell still 0): not requeueing" in err
+        assert not any(c.startswith("scontrol requeue") for c in calls)
+    _assert_no_stub_left(tmp_path)
+
+
+def test_submit_counts_cells_in_the_jobs_environment_when_verl_agrae_is_not_on_path(tmp_path):
+    """A login node without verl-agrae: the count comes from the environment the jobs activate (AGRAE_VENV)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for stub in STUBS.iterdir():
+        if stub.name != "verl-agrae":
+            (bin_dir / stub.name).symlink_to(stub)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "verl-agrae").symlink_to(STUBS / "verl-agrae")
+    (venv / "bin" / "activate").write_text(f"export PATH={venv}/bin:$PATH\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("output_dir: out\n")
+    env = _env(tmp_path, 1, STUB_NUM_CELLS="4")
+    env["PATH"] = f"{bin_dir}:/usr/bin:/bin"
+    run = ["bash", str(SLURM / "submit_eval_sweep.sh"), str(sweep)]
+    res = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 1 and "verl-agrae is not on PATH and no job environment provides it" in res.stderr
+    env["AGRAE_VENV"] = str(venv)
+    res = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "submitted 4 cell(s) as array job 1000" in res.stdout
+    assert any(c.startswith("sbatch ") and "--array=0-3 " in c for c in _calls(tmp_path))
 
 
 def test_submit_sweep_array_then_dependent_report(tmp_path):

@@ -52,7 +52,7 @@ def test_command_has_paper_settings(script, method):
     model, alpha = SCRIPTS[script]
     keys = [arg.split("=", 1)[0] for arg in _command(script, method)[4:]]
     assert len(keys) == len(set(keys)), "a script sets a key twice"
-    ov = _overrides(_command(script, method, "trainer.save_freq=5"), method)
+    ov = _overrides(_command(script, method, "trainer.save_freq=3"), method)
     assert ov.get("algorithm.agrae.alpha") == (str(alpha) if method.endswith("+agrae") else None)
     assert ov["actor_rollout_ref.model.path"] == model
     assert ov["actor_rollout_ref.actor.optim.lr"] == "1e-6"
@@ -67,7 +67,10 @@ def test_command_has_paper_settings(script, method):
     else:
         assert ov["data.train_files"] == "/data/geometry3k/train.parquet"
         assert ov["data.image_key"] == "images" and ov["data.train_batch_size"] == "512"
-    assert ov["trainer.save_freq"] == "5"  # extra arguments come last and win
+    assert ov["trainer.save_freq"] == "3"  # extra arguments come last and win
+    default = _overrides(_command(script, method), method)
+    assert default["trainer.save_freq"] == "5"  # a crash loses at most 5 steps (docs/slurm.md)
+    assert default["trainer.max_actor_ckpt_to_keep"] == "2" and default["trainer.max_critic_ckpt_to_keep"] == "2"
     assert ov["trainer.experiment_name"].endswith(method.replace("+", "_"))
 
 

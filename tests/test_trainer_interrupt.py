@@ -168,3 +168,35 @@ def test_a_dying_worker_stops_the_run_naming_its_role_and_resume_loses_nothing(
     attempt2 = run_dir / "attempts" / "attempt-02"
     assert json.loads((attempt2 / "attempt.json").read_text())["start_step"] == checkpoints[-1] + 1
     _check_merged_metrics(run_dir, checkpoints[-1] + 1)
+
+
+def test_stop_request_saves_the_step_and_the_same_command_resumes_without_revalidating(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
+    """verl's real trainer: a stop request (the file slurm/train.sbatch creates on SLURM's time-limit signal) makes
+    the run checkpoint the step it is in, log it, and exit 75; the same command then resumes after that step and
+    skips the validation before training, which would only re-validate the checkpoint."""
+    from verl_agrae.trainer import stop_request
+    from verl_agrae.trainer.main import main
+
+    run_dir = tmp_path / "run"
+    stop_file = tmp_path / "stop-request"
+    monkeypatch.setenv(stop_request.STOP_FILE_ENV, str(stop_file))
+    # No periodic checkpoints: whatever is saved, the request saved. Validation before training is on.
+    argv = tiny_run_argv("cpu", tiny_model_dir, data_dir, run_dir, "trainer.val_before_train=True", steps=3)
+    stop_file.write_text("requested before the first step ends\n")
+    assert main(argv) == stop_request.STOPPED_EXIT_CODE
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("global_step_*"))
+    assert checkpoints == ["global_step_1"]
+    assert stop_request.acknowledged_step(stop_file) == 1
+    assert _steps(run_dir) == {0, 1}  # validation before training (step 0), then the one step, logged
+
+    stop_file.unlink()
+    assert main(argv) == 0
+    attempt2 = run_dir / "attempts" / "attempt-02"
+    assert json.loads((attempt2 / "attempt.json").read_text())["start_step"] == 2
+    rows = [json.loads(line) for line in (attempt2 / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["step"] for r in rows] == [2, 3]  # no validation row before training: it was skipped on resume
+    assert not any(k.startswith("val-") for r in rows for k in r["data"])
+    assert stop_request.acknowledged_step(stop_file) is None  # the first attempt's acknowledgement was cleared
+    _check_merged_metrics(run_dir, 3)

@@ -131,3 +131,25 @@ def test_cpu_fsdp_engines_compute_in_fp32(composed):
     mine = compose_config("cpu", mine_overrides)
     apply_cpu_settings(mine, mine_overrides)
     assert mine.actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype == "bf16"  # explicit choice wins
+
+
+def test_a_driver_joining_a_ray_cluster_declares_no_resources(composed, monkeypatch):
+    """Ray refuses num_cpus/num_gpus in ray.init() when it connects to a running cluster (found on a real SLURM
+    cluster: every CPU run started by slurm/train.sbatch failed with it)."""
+    from verl_agrae.trainer.cpu_overrides import apply_cpu_settings
+    from verl_agrae.trainer.main import TrainingSetupError, _leave_resources_to_the_cluster
+
+    config = composed.copy()
+    apply_cpu_settings(config, [], joins_cluster=True)
+    assert OmegaConf.select(config, "ray_kwargs.ray_init.num_cpus") is None
+    assert OmegaConf.select(config, "ray_kwargs.ray_init.num_gpus") is None
+    local = composed.copy()
+    apply_cpu_settings(local, [])
+    assert local.ray_kwargs.ray_init.num_cpus and local.ray_kwargs.ray_init.num_gpus  # a local cluster needs them
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    _leave_resources_to_the_cluster(local, [])  # set by a config file: dropped
+    assert local.ray_kwargs.ray_init.num_cpus is None and local.ray_kwargs.ray_init.num_gpus is None
+    OmegaConf.update(local, "ray_kwargs.ray_init.num_cpus", 8)
+    with pytest.raises(TrainingSetupError, match=r"ray_kwargs.ray_init.num_cpus cannot be set .*10.0.0.1:6379"):
+        _leave_resources_to_the_cluster(local, ["ray_kwargs.ray_init.num_cpus=8"])

@@ -11,9 +11,10 @@
 #   AGRAE_APPTAINER_IMAGE    Apptainer/Singularity image; every command runs inside it
 #   AGRAE_APPTAINER_ARGS     extra `apptainer exec` arguments (default: --nv); e.g. "--nv --bind /scratch"
 #   AGRAE_ENV_FILE           file sourced before anything starts (site exports: NCCL_SOCKET_IFNAME, HF_HOME...)
-#   AGRAE_GPUS_PER_NODE      GPUs per node (default: from SLURM_GPUS_ON_NODE / SLURM_GPUS_PER_NODE, else 0)
-#   AGRAE_CPUS_PER_NODE      CPUs given to Ray per node (default: SLURM_CPUS_PER_TASK / SLURM_CPUS_ON_NODE)
-#   AGRAE_HEAD_IP            head address (default: `hostname --ip-address` on the head node, first field)
+#   AGRAE_GPUS_PER_NODE      GPUs Ray declares per node (default: SLURM's GPUs per node, else 0)
+#   AGRAE_CPUS_PER_NODE      CPUs Ray declares per node (default: SLURM's CPUs per node)
+#   AGRAE_NODE_IFACE         network interface whose address each node uses (e.g. ib0; default: see agrae_node_ip)
+#   AGRAE_HEAD_IP            head address (default: the head node's address, see agrae_node_ip)
 #   AGRAE_RAY_PORT_BASE      first port of this job's block (default: derived from SLURM_JOB_ID)
 #   AGRAE_RAY_TMPDIR         parent of Ray's per-job temp dir (default: /tmp; keep it short, Ray uses sockets)
 #   AGRAE_RAY_JOIN_TIMEOUT   seconds to wait for every node and GPU to join (default: 600)
@@ -148,19 +149,61 @@ agrae_ports() {
     export AGRAE_RAY_TEMP_DIR="${AGRAE_RAY_TMPDIR:-/tmp}/ray-$job"
 }
 
-# GPUs per node from SLURM's variables ("4" or "a100:4"), or AGRAE_GPUS_PER_NODE.
-agrae_gpus_per_node() {
-    local g=${AGRAE_GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}}
+# What SLURM gave the job per node: GPUs ("4" or "a100:4"; empty when none) and CPUs (SLURM_CPUS_PER_TASK with
+# one task per node, else the first entry of SLURM_JOB_CPUS_PER_NODE, "64(x2)" or "64,32", else SLURM_CPUS_ON_NODE).
+agrae_slurm_gpus_per_node() {
+    local g=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-}}
     g=${g##*:}
-    [[ "$g" =~ ^[0-9]+$ ]] || agrae_die "cannot read a GPU count from '$g'; set AGRAE_GPUS_PER_NODE"
+    [[ -z "$g" || "$g" =~ ^[0-9]+$ ]] || agrae_die "cannot read a GPU count from SLURM's '$g'; set AGRAE_GPUS_PER_NODE"
+    echo "$g"
+}
+
+agrae_slurm_cpus_per_node() {
+    local c=${SLURM_CPUS_PER_TASK:-}
+    if [[ -z "$c" ]]; then
+        c=${SLURM_JOB_CPUS_PER_NODE:-${SLURM_CPUS_ON_NODE:-}}
+        c=${c%%[(,]*}
+    fi
+    [[ -z "$c" || "$c" =~ ^[0-9]+$ ]] || agrae_die "cannot read a CPU count from SLURM's '$c'; set AGRAE_CPUS_PER_NODE"
+    echo "$c"
+}
+
+# GPUs and CPUs Ray declares per node: AGRAE_*_PER_NODE, else what SLURM gave (CPU-only test clusters declare
+# logical GPUs this way).
+agrae_gpus_per_node() {
+    local g=${AGRAE_GPUS_PER_NODE:-}
+    if [[ -z "$g" ]]; then
+        g=$(agrae_slurm_gpus_per_node) || exit 1
+    fi
+    g=${g:-0}
+    [[ "$g" =~ ^[0-9]+$ ]] || agrae_die "AGRAE_GPUS_PER_NODE must be a whole number, got '$g'"
     echo "$g"
 }
 
 agrae_cpus_per_node() {
-    local c=${AGRAE_CPUS_PER_NODE:-${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-}}}
-    c=${c%%(*}  # SLURM_JOB_CPUS_PER_NODE style "64(x2)"
-    [[ -z "$c" || "$c" =~ ^[0-9]+$ ]] || agrae_die "cannot read a CPU count from '$c'; set AGRAE_CPUS_PER_NODE"
+    local c=${AGRAE_CPUS_PER_NODE:-}
+    if [[ -z "$c" ]]; then
+        c=$(agrae_slurm_cpus_per_node) || exit 1
+    fi
+    [[ -z "$c" || "$c" =~ ^[0-9]+$ ]] || agrae_die "AGRAE_CPUS_PER_NODE must be a whole number, got '$c'"
     echo "$c"
+}
+
+# Resources of the `srun` steps that run Ray on each node: every CPU and GPU the job has there. Since SLURM 22.05 a
+# step does not inherit --cpus-per-task from the allocation, and a step without it gets one CPU (with
+# TaskPlugin=task/affinity or cgroup, Ray and all its workers would then share one core).
+agrae_step_resources() {
+    local -n _res=$1
+    local c g
+    c=$(agrae_slurm_cpus_per_node) || exit 1
+    g=$(agrae_slurm_gpus_per_node) || exit 1
+    _res=()
+    if [[ -n "$c" ]]; then
+        _res+=("--cpus-per-task=$c")
+    fi
+    if [[ -n "$g" && "$g" != 0 ]]; then
+        _res+=("--gpus-per-node=$g")
+    fi
 }
 
 # Flags shared by head and workers: node-local ports, resources, temp dir.
@@ -186,13 +229,41 @@ _agrae_ray_node_flags() {
     fi
 }
 
-# Address of a node as seen by the others: its first `hostname --ip-address` field.
+# A node's own address, printed by code that runs on that node (shipped with `declare -f`). With an interface
+# name: that interface's IPv4 address. Otherwise the first address of `hostname --ip-address` that is not
+# loopback (Debian and Ubuntu map the hostname to 127.0.1.1, which lets Ray workers join but breaks every
+# transfer between nodes later), else the first address of any interface (`hostname --all-ip-addresses`, which
+# leaves out loopback). Fails when the node has none.
+_agrae_local_ip() {
+    local iface=${1:-} a
+    if [[ -n "$iface" ]]; then
+        a=$(ip -o -4 addr show dev "$iface" 2>/dev/null | awk '{ split($4, p, "/"); print p[1]; exit }')
+        if [[ -n "$a" ]]; then
+            echo "$a"
+            return 0
+        fi
+        echo "interface $iface has no IPv4 address on $(hostname)" >&2
+        return 1
+    fi
+    for a in $(hostname --ip-address 2>/dev/null) $(hostname --all-ip-addresses 2>/dev/null); do
+        case $a in
+            127.* | ::1 | fe80:* | 0.0.0.0) continue ;;
+        esac
+        echo "$a"
+        return 0
+    done
+    echo "no address other than loopback on $(hostname): hostname --ip-address gives '$(hostname --ip-address 2>/dev/null)'" >&2
+    return 1
+}
+
+# Address of a node as seen by the others (AGRAE_NODE_IFACE picks the interface, e.g. InfiniBand).
 agrae_node_ip() {
     local node=$1 out
-    out=$(srun --overlap --nodes=1 --ntasks=1 -w "$node" hostname --ip-address) ||
-        agrae_die "could not resolve the address of $node (srun hostname failed); set AGRAE_HEAD_IP"
-    out=${out%% *}
-    [[ -n "$out" ]] || agrae_die "empty address for $node; set AGRAE_HEAD_IP"
+    out=$(srun --overlap --nodes=1 --ntasks=1 -w "$node" bash -c "$(declare -f _agrae_local_ip); _agrae_local_ip \"\$1\"" \
+        _agrae_local_ip "${AGRAE_NODE_IFACE:-}") ||
+        agrae_die "could not find a usable address of $node (see above); set AGRAE_NODE_IFACE (or AGRAE_HEAD_IP)"
+    out=${out%%[[:space:]]*}
+    [[ -n "$out" ]] || agrae_die "empty address for $node; set AGRAE_NODE_IFACE (or AGRAE_HEAD_IP)"
     echo "$out"
 }
 
@@ -205,17 +276,22 @@ agrae_ray_up() {
     AGRAE_GPN=$(agrae_gpus_per_node) || exit 1
     AGRAE_CPN=$(agrae_cpus_per_node) || exit 1
     local head=${AGRAE_NODES[0]} head_ip
+    local -a step_res
+    agrae_step_resources step_res
     head_ip=${AGRAE_HEAD_IP:-$(agrae_node_ip "$head")} || exit 1
+    if [[ "$head_ip" == 127.* || "$head_ip" == ::1 ]] && ((${#AGRAE_NODES[@]} > 1)); then
+        agrae_die "head address $head_ip is loopback: other nodes cannot reach it; unset AGRAE_HEAD_IP or give a routable one"
+    fi
     export AGRAE_HEAD_NODE=$head
     export AGRAE_HEAD_IP=$head_ip
     # The driver (verl's main_ppo, doctor) connects here explicitly: with several clusters on one node
     # "auto" would be ambiguous.
     export RAY_ADDRESS="$head_ip:$AGRAE_RAY_GCS_PORT"
-    agrae_log "nodes (${#AGRAE_NODES[@]}): ${AGRAE_NODES[*]}; head $head at $RAY_ADDRESS; ports $AGRAE_RAY_GCS_PORT-$AGRAE_RAY_MAX_WORKER_PORT; $AGRAE_GPN GPU(s)/node"
+    agrae_log "nodes (${#AGRAE_NODES[@]}): ${AGRAE_NODES[*]}; head $head at $RAY_ADDRESS; ports $AGRAE_RAY_GCS_PORT-$AGRAE_RAY_MAX_WORKER_PORT; Ray: $AGRAE_GPN GPU(s), ${AGRAE_CPN:-all} CPU(s) per node; steps: ${step_res[*]:-no resource flags}"
 
     local -a flags
     _agrae_ray_node_flags flags "$head_ip"
-    srun --overlap --nodes=1 --ntasks=1 -w "$head" "${AGRAE_WRAP[@]}" \
+    srun --overlap --nodes=1 --ntasks=1 "${step_res[@]}" -w "$head" "${AGRAE_WRAP[@]}" \
         ray start --head "--port=$AGRAE_RAY_GCS_PORT" "--ray-client-server-port=$AGRAE_RAY_CLIENT_PORT" \
         "--dashboard-port=$AGRAE_RAY_DASHBOARD_PORT" --dashboard-host=0.0.0.0 "${flags[@]}" &
     AGRAE_STEP_PIDS=($!)
@@ -226,7 +302,7 @@ agrae_ray_up() {
     for ((i = 1; i < ${#AGRAE_NODES[@]}; i++)); do
         node_ip=$(agrae_node_ip "${AGRAE_NODES[i]}") || exit 1
         _agrae_ray_node_flags flags "$node_ip"
-        srun --overlap --nodes=1 --ntasks=1 -w "${AGRAE_NODES[i]}" "${AGRAE_WRAP[@]}" \
+        srun --overlap --nodes=1 --ntasks=1 "${step_res[@]}" -w "${AGRAE_NODES[i]}" "${AGRAE_WRAP[@]}" \
             ray start "--address=$RAY_ADDRESS" "${flags[@]}" &
         AGRAE_STEP_PIDS+=($!)
     done
@@ -316,6 +392,35 @@ agrae_install_traps() {
     trap 'agrae_cleanup' EXIT
     trap 'agrae_log "caught SIGTERM (scancel, preemption or time limit)"; exit 143' TERM
     trap 'agrae_log "caught SIGINT"; exit 130' INT
+}
+
+# Latest complete checkpoint step of a verl checkpoint directory (0 when none).
+agrae_checkpoint_step() {
+    local f=$1/latest_checkpointed_iteration.txt step=0
+    [[ -r "$f" ]] && step=$(<"$f")
+    [[ "$step" =~ ^[0-9]+$ ]] || step=0
+    echo "$step"
+}
+
+# After SLURM's time-limit warning (--signal=B:USR1@N) stopped the job proper: requeue the job when this attempt
+# made progress (Ray is stopped first: `scontrol requeue` makes SLURM send TERM to this shell at once), otherwise
+# end it with the reason. A requeue without progress would repeat the same attempt until someone cancels the
+# job: SLURM sends the warning again, just as early, in every restart. Args: progress before and after this
+# attempt (numbers), what they count, and optionally why. AGRAE_REQUEUE_ON_USR1=0 never requeues.
+agrae_requeue_if_progress() {
+    local before=$1 after=$2 what=$3 why=${4:+; $4}
+    if ((after <= before)); then
+        agrae_die "time limit near and this attempt made no progress ($what still $after$why): not requeueing, a requeue would repeat it. Give the job more time (--time) or an earlier warning that leaves room for a step (--signal=B:USR1@SECONDS)"
+    fi
+    if [[ "${AGRAE_REQUEUE_ON_USR1:-1}" != 1 ]]; then
+        agrae_log "$what: $before -> $after in this attempt; AGRAE_REQUEUE_ON_USR1=0: not requeueing (resubmit to continue)"
+        exit 0
+    fi
+    agrae_log "$what: $before -> $after in this attempt; requeueing job $SLURM_JOB_ID, which resumes from there"
+    agrae_cleanup
+    trap 'exit 0' TERM
+    scontrol requeue "$SLURM_JOB_ID" || agrae_die "scontrol requeue $SLURM_JOB_ID failed; resubmit the job to resume"
+    exit 0
 }
 
 # Run the job proper in the background and wait, so that a signal runs the trap at once instead of

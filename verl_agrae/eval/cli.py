@@ -5,6 +5,7 @@ Typical use::
     verl-agrae eval sweep examples/sweeps/cpu_arithmetic.yaml          # whole grid + report
     verl-agrae eval sweep SWEEP.yaml --num-cells                       # N, for a SLURM array 0..N-1
     verl-agrae eval sweep SWEEP.yaml --cell $SLURM_ARRAY_TASK_ID       # one cell (no report)
+    verl-agrae eval sweep SWEEP.yaml --cell-dir 3                      # where cell 3 writes its shards
     verl-agrae eval report SWEEP.yaml                                  # merge cells into the report
 """
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", type=int, help="run only this 0-based cell (e.g. $SLURM_ARRAY_TASK_ID); no report")
     p.add_argument("--list-cells", action="store_true", help="print the cells with their indices and exit")
     p.add_argument("--num-cells", action="store_true", help="print the number of cells and exit")
+    p.add_argument("--cell-dir", type=int, metavar="CELL", help="print the directory of this 0-based cell and exit")
     p.add_argument("--no-report", action="store_true", help="skip the report after running all cells")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -128,6 +130,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     cells = cfg.cells()
     if args.num_cells:
         print(len(cells))
+        return 0
+    if args.cell_dir is not None:
+        if not 0 <= args.cell_dir < len(cells):
+            raise IndexError(f"cell {args.cell_dir} out of range: the sweep has {len(cells)} cell(s)")
+        print(cfg.cell_ref(*cells[args.cell_dir]).cell_dir)
         return 0
     if args.list_cells:
         for i, (r, b, s) in enumerate(cells):

@@ -35,6 +35,10 @@ and ``separate_async`` trainers, plus:
   "selected terminal groups with no materializable trajectories" (suggesting ``sync_refill_failed_groups``); the
   mixin then asks each rollout server actor whether it is alive and raises Ray's error for the dead one, which
   ``verl-agrae train`` turns into the role ("rollout server (`hf` backend) [HFRolloutServer]").
+- **Save and stop on request** (:mod:`verl_agrae.trainer.stop_request`): after every step, if the file named by
+  ``AGRAE_STOP_FILE`` exists, the step is checkpointed (unless verl just saved it), the step's metrics are logged as
+  usual, and the training loop ends; ``<stop file>.saved`` records the step. ``slurm/train.sbatch`` uses it to save
+  before SLURM's time limit and requeue, losing at most the step in progress.
 - **Replay-buffer poll interval** ``trainer.v1.sampler.poll_interval`` (verl: fixed 2 s; ``cpu.yaml``: 0.2 s).
 - **Reference policy on its own pool** (``ref_pool.nnodes`` and ``ref_pool.n_gpus_per_node`` > 0, with
   ``actor_rollout_ref.hybrid_engine=False`` so the reference runs as its own worker group): verl puts it on
@@ -64,6 +68,7 @@ from verl_agrae.config import AgraeConfig
 from verl_agrae.diagnostics import PREFIX, diagnostics_from_result
 from verl_agrae.integration.estimator import ESTIMATOR_NAME, AgraeStep, bind_step
 from verl_agrae.integration.replay_buffer import GENERATED_GROUPS_KEY, adopt, reward_acc
+from verl_agrae.trainer import stop_request
 from verl_agrae.trainer.run_dir import CHECKPOINTED_METRICS_FILE, RECORD_DIR_ENV
 
 __all__ = [
@@ -141,6 +146,7 @@ class AgraeTrainerMixin:
 
     config: Any
     global_steps: int
+    total_training_steps: int
 
     # verl's trainer base copies `trainer.v1.trainer_mode` into `self.trainer_mode`, then branches on
     # `== "sync"` (replay buffer class, dataloader refill, TransferQueue checkpointing) and reads its settings
@@ -252,7 +258,30 @@ class AgraeTrainerMixin:
                     f.write(json.dumps({"step": int(self.global_steps), "data": row}) + "\n")
             except OSError:  # a by-product: it must never stop training
                 logger.exception("could not write the metrics of step %s before its checkpoint", self.global_steps)
-        return super()._save_checkpoint()
+        result = super()._save_checkpoint()
+        self._saved_step = self.global_steps
+        return result
+
+    def on_step_end(self):
+        """verl's end of step, then a save-and-stop request is honoured (the step's checkpoint first)."""
+        stop_file = os.environ.get(stop_request.STOP_FILE_ENV)
+        # The last step ends the run anyway (and verl saves it when save_freq > 0): nothing to stop.
+        stopping = self.global_steps < self.total_training_steps and stop_request.requested(stop_file)
+        if stopping and getattr(self, "_saved_step", None) != self.global_steps:
+            # Before verl's own end of step (the weight sync to the rollout): the checkpoint is what the request is
+            # for, and it must not wait on anything that could hang.
+            self._save_checkpoint()
+        super().on_step_end()
+        if stopping:
+            stop_request.acknowledge(stop_file, self.global_steps)
+            logger.warning(
+                "stop requested (%s): step %d is checkpointed; training stops after logging it",
+                stop_file,
+                self.global_steps,
+            )
+            # verl's fit() loop runs while global_steps <= total_training_steps and increments global_steps after
+            # logging the step: this makes the current step the last one, without the is_last_step extras.
+            self.total_training_steps = self.global_steps
 
     def _write_record(self, record_dir: Path, step: AgraeStep) -> None:
         try:

@@ -152,6 +152,7 @@ def apply_cpu_settings(
     *,
     logical_cpus: int | None = None,
     logical_gpus: int | None = None,
+    joins_cluster: bool = False,
 ) -> dict[str, Any]:
     """Rewrite ``config`` in place for verl on the CPU.
 
@@ -160,6 +161,8 @@ def apply_cpu_settings(
         user_overrides: the command-line overrides, to leave the user's explicit choices alone.
         logical_cpus: CPUs to declare to Ray (default :data:`DEFAULT_LOGICAL_CPUS`).
         logical_gpus: GPUs to declare to Ray (default ``trainer.nnodes * trainer.n_gpus_per_node``).
+        joins_cluster: the driver joins a running Ray cluster, whose nodes declared their logical CPUs and GPUs
+            (``ray start --num-cpus/--num-gpus``): nothing is declared here (Ray refuses it).
 
     Returns:
         ``{key: value}`` of everything that was set, for the run log.
@@ -240,8 +243,9 @@ def apply_cpu_settings(
         for pool in ("ref_pool", *(["actor_rollout_ref.rollout"] if mode.endswith("separate_async") else [])):
             nnodes = int(OmegaConf.select(config, f"{pool}.nnodes", default=0) or 0)
             gpus += nnodes * int(OmegaConf.select(config, f"{pool}.n_gpus_per_node", default=0) or 0)
-    default("ray_kwargs.ray_init.num_cpus", logical_cpus or DEFAULT_LOGICAL_CPUS)
-    default("ray_kwargs.ray_init.num_gpus", gpus)
+    if not joins_cluster:
+        default("ray_kwargs.ray_init.num_cpus", logical_cpus or DEFAULT_LOGICAL_CPUS)
+        default("ray_kwargs.ray_init.num_gpus", gpus)
     return changed
 
 

@@ -15,6 +15,14 @@ asked; on the CPU apply every required setting (:mod:`verl_agrae.trainer.cpu_ove
 (:mod:`verl_agrae.trainer.checks`) and that ``agrae`` is registered with verl; set up the run directory
 (refusing to resume one made with another config); run verl's ``run_ppo`` with the V1 or legacy
 TaskRunner; then merge metrics, add the A-GRAE diagnostics, plot, and print where everything is.
+
+Resuming (``trainer.resume_mode=auto`` with a checkpoint in the run directory) skips verl's validation before
+training, which would only re-validate the checkpoint (``run.validate_on_resume=true`` keeps it). With
+``AGRAE_STOP_FILE`` set, creating that file makes the run checkpoint at the end of its current step and stop
+(:mod:`verl_agrae.trainer.stop_request`; ``slurm/train.sbatch`` does it before the time limit).
+
+Exit status: 0 finished, 1 training failed, 2 bad input, 75 stopped on request after saving a checkpoint,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -137,6 +145,22 @@ def _resolve_data(config: DictConfig, run_cfg: DictConfig, data_dir: Path) -> No
     _set(config, "data.val_files", str(val))
 
 
+def _leave_resources_to_the_cluster(config: DictConfig, overrides: list[str]) -> None:
+    """Clear ``ray_init.num_cpus/num_gpus`` for a driver that joins a running Ray cluster (Ray refuses them)."""
+    for key in ("ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.num_gpus"):
+        if OmegaConf.select(config, key, default=None) is None:
+            continue
+        if _user_set(key, overrides):
+            raise TrainingSetupError(
+                f"{key} cannot be set when joining a running Ray cluster (RAY_ADDRESS="
+                f"{os.environ.get('RAY_ADDRESS') or OmegaConf.select(config, 'ray_kwargs.ray_init.address')}): "
+                "its nodes declare their resources with `ray start --num-cpus/--num-gpus` (slurm/: "
+                "AGRAE_CPUS_PER_NODE, AGRAE_GPUS_PER_NODE). Remove the override."
+            )
+        logger.info("joining a running Ray cluster: %s from the config is not used", key)
+        _set(config, key, None)
+
+
 def prepare(
     config: DictConfig, overrides: list[str], *, check_local_gpu: bool = True
 ) -> tuple[DictConfig, DictConfig, dict[str, str]]:
@@ -191,12 +215,24 @@ def prepare(
     except checks.PreflightError as e:
         raise TrainingSetupError(str(e)) from e
 
+    # A driver joining a running cluster (RAY_ADDRESS, ray_kwargs.ray_init.address) uses the resources its nodes
+    # declared (`ray start --num-cpus/--num-gpus`); Ray refuses num_cpus/num_gpus in ray.init() then.
+    joins_cluster = bool(
+        os.environ.get("RAY_ADDRESS") or OmegaConf.select(config, "ray_kwargs.ray_init.address", default=None)
+    )
+    if joins_cluster:
+        _leave_resources_to_the_cluster(config, overrides)
+
     worker_env: dict[str, str] = {}
     if cpu_requested(config):
         cpu = run_cfg.get("cpu", {}) or {}
         try:
             changed = apply_cpu_settings(
-                config, overrides, logical_cpus=cpu.get("ray_num_cpus"), logical_gpus=cpu.get("ray_num_gpus")
+                config,
+                overrides,
+                logical_cpus=cpu.get("ray_num_cpus"),
+                logical_gpus=cpu.get("ray_num_gpus"),
+                joins_cluster=joins_cluster,
             )
         except CpuSettingConflict as e:
             raise TrainingSetupError(str(e)) from e
@@ -210,10 +246,7 @@ def prepare(
     else:
         import torch
 
-        # A driver joining a running cluster (RAY_ADDRESS, ray_kwargs.ray_init.address) needs no GPU itself.
-        joins_cluster = bool(
-            os.environ.get("RAY_ADDRESS") or OmegaConf.select(config, "ray_kwargs.ray_init.address", default=None)
-        )
+        # A driver joining a running cluster needs no GPU itself.
         if check_local_gpu and not joins_cluster and not torch.cuda.is_available():
             raise TrainingSetupError(
                 "no CUDA GPU is visible. To train on the CPU use a cpu_* config (--config-name cpu_demo) "
@@ -362,7 +395,7 @@ def _run_verl(config: DictConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run training; returns the process exit code (0 ok, 1 training failed, 2 bad input).
+    """Run training; returns the process exit code (0 ok, 1 training failed, 2 bad input, 75 stopped on request).
 
     The environment variables set for the run are restored afterwards, so calling ``main`` from Python
     (a notebook, a test) leaves the calling process as it was.
@@ -382,6 +415,7 @@ def _main(argv: list[str] | None) -> int:
         level = logging.INFO if args.verbose or args.print_config else logging.WARNING
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from verl_agrae.trainer import stop_request
     from verl_agrae.trainer.cpu_overrides import add_worker_env
     from verl_agrae.trainer.run_dir import RECORD_DIR_ENV, ResumeConfigMismatch, RunDir
 
@@ -423,11 +457,23 @@ def _main(argv: list[str] | None) -> int:
         except ResumeConfigMismatch as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    if resuming and config.trainer.get("val_before_train", True) and not run_cfg.get("validate_on_resume", False):
+        # Validation before training would re-validate the checkpoint, at every restart of a requeued job.
+        _set(config, "trainer.val_before_train", False)
+        print("resuming: skipping validation before training (run.validate_on_resume=true keeps it)")
+    stop_file = os.environ.get(stop_request.STOP_FILE_ENV) or None
+    if stop_file:
+        stop_file = str(Path(stop_file).resolve())
+        stop_request.ack_path(stop_file).unlink(missing_ok=True)  # a previous attempt's
+        if stop_request.requested(stop_file):
+            print(f"note: {stop_file} exists: this run saves and stops after its first step", file=sys.stderr)
     attempt = run_dir.new_attempt()
     start_step = run_dir.latest_checkpoint_step() + 1 if resuming else 1
     (attempt / "attempt.json").write_text(json.dumps({"start_step": start_step, "argv": list(argv or sys.argv[1:])}))
     run_dir.write_config(_with_run(config, run_cfg), attempt)
     add_env = {"VERL_FILE_LOGGER_PATH": str(attempt / "metrics.jsonl")}
+    if stop_file:
+        add_env[stop_request.STOP_FILE_ENV] = stop_file
     if run_cfg.get("record_advantages", False):
         add_env[RECORD_DIR_ENV] = str(attempt / "advantages")
     add_worker_env(config, add_env, replace=True)
@@ -473,6 +519,14 @@ def _main(argv: list[str] | None) -> int:
             f"rerun the same command to resume from there. Full log: {log_path}",
             file=sys.stderr,
         )
+
+    saved_step = stop_request.acknowledged_step(stop_file)
+    if code == 0 and saved_step is not None:
+        print(
+            f"stopped on request ({stop_file}) after saving step {saved_step}; "
+            "rerun the same command (without the request file) to resume from there"
+        )
+        code = stop_request.STOPPED_EXIT_CODE
 
     summary = summarize(run_dir, run_cfg, exit_code=code)
     elapsed = time.monotonic() - started

@@ -59,6 +59,7 @@ RESUME_SAFE_KEYS: tuple[str, ...] = (
     "trainer.max_critic_ckpt_to_keep",
     "ray_kwargs",
     "run.plots",
+    "run.validate_on_resume",
     "actor_rollout_ref.rollout.agent.num_workers",
     "reward.num_workers",
     "data.dataloader_num_workers",
