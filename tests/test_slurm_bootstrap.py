@@ -218,7 +218,21 @@ def test_node_that_never_joins_fails_clearly_and_cleans_up(tmp_path):
 def test_worker_that_exits_is_named(tmp_path):
     res = _run("train.sbatch", ["agrae"], _env(tmp_path, 3, STUB_FAIL_NODE="gpu2"))
     assert res.returncode != 0
-    assert "ray start on gpu2 exited (status 1) before the cluster was complete" in res.stderr, res.stderr
+    assert "ray start on gpu2 exited (status 1) before the cluster was complete (attempt 3)" in res.stderr
+    assert sum(c == "ray failed node=gpu2" for c in _calls(tmp_path)) == 3  # tried three times (the default)
+    assert not any(c.startswith("verl-agrae") for c in _calls(tmp_path))
+    _assert_no_stub_left(tmp_path)
+
+
+@pytest.mark.parametrize("node", ["gpu1", "gpu2"])
+def test_a_ray_start_that_fails_once_is_started_again(tmp_path, node):
+    """Ray's raylet exits when its dashboard agent takes over 15 s to start (a busy node): the node is started again."""
+    res = _run("train.sbatch", ["agrae"], _env(tmp_path, 3, STUB_FAIL_ONCE_NODE=node))
+    assert res.returncode == 0, res.stderr
+    assert f"ray start on {node} exited (status 1); starting it again (attempt 2 of 3)" in res.stderr
+    assert "ray cluster ready: 3 node(s), 24 GPU(s)" in res.stderr
+    starts = [c for c in _calls(tmp_path) if c.startswith(f"ray start node={node} ")]
+    assert len(starts) == 2 and starts[0] == starts[1]  # the same command again
     _assert_no_stub_left(tmp_path)
 
 

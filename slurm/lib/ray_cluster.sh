@@ -20,6 +20,7 @@
 #   AGRAE_RAY_JOIN_TIMEOUT   seconds to wait for every node and GPU to join (default: 600)
 #   AGRAE_HEAD_WAIT          seconds to wait for the head alone (default: AGRAE_RAY_JOIN_TIMEOUT)
 #   AGRAE_RAY_POLL_INTERVAL  seconds between `ray status` polls (default: 5)
+#   AGRAE_RAY_START_ATTEMPTS times a node's `ray start` is tried before the job fails (default: 3)
 #   AGRAE_RAY_AUTH           token (default: a fresh per-job token), disabled, or inherit (see agrae_ray_auth)
 #   AGRAE_SKIP_DOCTOR        1 to skip `verl-agrae doctor`
 #   AGRAE_DOCTOR_ARGS        extra arguments for `verl-agrae doctor`
@@ -35,6 +36,10 @@ AGRAE_PORT_SLOTS=${AGRAE_PORT_SLOTS:-88}
 AGRAE_WRAP=()          # command prefix (apptainer exec ...), empty for host execution
 AGRAE_NODES=()         # hostnames of the job, head first
 AGRAE_STEP_PIDS=()     # background `srun ... ray start --block` steps, parallel to AGRAE_NODES
+AGRAE_STEP_TRIES=()    # how often each node's step was started
+AGRAE_STEP_RES=()      # resource flags of those steps (agrae_step_resources)
+AGRAE_NODE_IPS=()      # each node's address, parallel to AGRAE_NODES
+AGRAE_WORKERS_STARTED=0
 AGRAE_MAIN_PID=""      # the job proper, run in the background so that traps fire at once
 AGRAE_CLEANED=0
 
@@ -289,24 +294,37 @@ agrae_ray_up() {
     export RAY_ADDRESS="$head_ip:$AGRAE_RAY_GCS_PORT"
     agrae_log "nodes (${#AGRAE_NODES[@]}): ${AGRAE_NODES[*]}; head $head at $RAY_ADDRESS; ports $AGRAE_RAY_GCS_PORT-$AGRAE_RAY_MAX_WORKER_PORT; Ray: $AGRAE_GPN GPU(s), ${AGRAE_CPN:-all} CPU(s) per node; steps: ${step_res[*]:-no resource flags}"
 
-    local -a flags
-    _agrae_ray_node_flags flags "$head_ip"
-    srun --overlap --nodes=1 --ntasks=1 "${step_res[@]}" -w "$head" "${AGRAE_WRAP[@]}" \
-        ray start --head "--port=$AGRAE_RAY_GCS_PORT" "--ray-client-server-port=$AGRAE_RAY_CLIENT_PORT" \
-        "--dashboard-port=$AGRAE_RAY_DASHBOARD_PORT" --dashboard-host=0.0.0.0 "${flags[@]}" &
-    AGRAE_STEP_PIDS=($!)
+    AGRAE_STEP_RES=("${step_res[@]}")
+    AGRAE_NODE_IPS=("$head_ip")
+    AGRAE_STEP_TRIES=(1)
+    _agrae_start_ray_step 0
     # Workers need a live GCS to register with.
     agrae_wait_for_ray 1 0 "${AGRAE_HEAD_WAIT:-${AGRAE_RAY_JOIN_TIMEOUT:-600}}"
 
-    local i node_ip
+    local i
     for ((i = 1; i < ${#AGRAE_NODES[@]}; i++)); do
-        node_ip=$(agrae_node_ip "${AGRAE_NODES[i]}") || exit 1
-        _agrae_ray_node_flags flags "$node_ip"
-        srun --overlap --nodes=1 --ntasks=1 "${step_res[@]}" -w "${AGRAE_NODES[i]}" "${AGRAE_WRAP[@]}" \
-            ray start "--address=$RAY_ADDRESS" "${flags[@]}" &
-        AGRAE_STEP_PIDS+=($!)
+        AGRAE_NODE_IPS[i]=$(agrae_node_ip "${AGRAE_NODES[i]}") || exit 1
+        AGRAE_STEP_TRIES[i]=1
+        _agrae_start_ray_step "$i"
     done
+    AGRAE_WORKERS_STARTED=1
     agrae_wait_for_ray "${#AGRAE_NODES[@]}" $((${#AGRAE_NODES[@]} * AGRAE_GPN)) "${AGRAE_RAY_JOIN_TIMEOUT:-600}"
+}
+
+# Start `ray start --block` on node $1 of AGRAE_NODES (0: the head) as a background srun step.
+_agrae_start_ray_step() {
+    local i=$1
+    local -a flags
+    _agrae_ray_node_flags flags "${AGRAE_NODE_IPS[i]}"
+    if ((i == 0)); then
+        srun --overlap --nodes=1 --ntasks=1 "${AGRAE_STEP_RES[@]}" -w "${AGRAE_NODES[0]}" "${AGRAE_WRAP[@]}" \
+            ray start --head "--port=$AGRAE_RAY_GCS_PORT" "--ray-client-server-port=$AGRAE_RAY_CLIENT_PORT" \
+            "--dashboard-port=$AGRAE_RAY_DASHBOARD_PORT" --dashboard-host=0.0.0.0 "${flags[@]}" &
+    else
+        srun --overlap --nodes=1 --ntasks=1 "${AGRAE_STEP_RES[@]}" -w "${AGRAE_NODES[i]}" "${AGRAE_WRAP[@]}" \
+            ray start "--address=$RAY_ADDRESS" "${flags[@]}" &
+    fi
+    AGRAE_STEP_PIDS[i]=$!
 }
 
 # Parse `ray status`: prints "<nodes> <gpus>" (nodes listed under Active and Idle; total GPUs).
@@ -335,7 +353,16 @@ agrae_wait_for_ray() {
             if ! kill -0 "${AGRAE_STEP_PIDS[i]}" 2>/dev/null; then
                 status=0
                 wait "${AGRAE_STEP_PIDS[i]}" || status=$?
-                agrae_die "ray start on ${AGRAE_NODES[i]} exited (status $status) before the cluster was complete; see its log above and $AGRAE_RAY_TEMP_DIR on that node"
+                # Ray's raylet gives up when its dashboard agent takes over 15 s to start, which happens on a busy
+                # node (ray-project/ray#65983): start that node again, a bounded number of times. Not the head once
+                # workers joined it: they would be left connected to a dead GCS.
+                if ((AGRAE_STEP_TRIES[i] < ${AGRAE_RAY_START_ATTEMPTS:-3})) && ((i > 0 || !AGRAE_WORKERS_STARTED)); then
+                    AGRAE_STEP_TRIES[i]=$((AGRAE_STEP_TRIES[i] + 1))
+                    agrae_log "ray start on ${AGRAE_NODES[i]} exited (status $status); starting it again (attempt ${AGRAE_STEP_TRIES[i]} of ${AGRAE_RAY_START_ATTEMPTS:-3}); see raylet.err under $AGRAE_RAY_TEMP_DIR on that node"
+                    _agrae_start_ray_step "$i"
+                    continue
+                fi
+                agrae_die "ray start on ${AGRAE_NODES[i]} exited (status $status) before the cluster was complete (attempt ${AGRAE_STEP_TRIES[i]}); see its log above and $AGRAE_RAY_TEMP_DIR on that node"
             fi
         done
         if ((SECONDS - start >= timeout)); then
