@@ -95,16 +95,20 @@ recorded_pid() {
     echo "$pid"
 }
 
-# TERM, wait up to $2 seconds, then KILL.
-stop_pid() {
-    local pid=$1 grace=${2:-15} end
-    alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    end=$((SECONDS + grace))
-    while alive "$pid" && ((SECONDS < end)); do sleep 0.2; done
-    if alive "$pid"; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
+# TERM to every PID given, wait up to 15 s for all of them, then KILL what is left.
+stop_pids() {
+    local pid end=$((SECONDS + 15)) left
+    (($#)) || return 0
+    kill -TERM "$@" 2>/dev/null || true
+    while :; do
+        left=0
+        for pid in "$@"; do alive "$pid" && left=1; done
+        ((left && SECONDS < end)) || break
+        sleep 0.2
+    done
+    for pid in "$@"; do
+        if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
 }
 
 wait_for() {
@@ -309,11 +313,13 @@ cmd_down() {
             while [[ -n "$(squeue -h -o %A 2>/dev/null)" ]] && ((SECONDS < end)); do sleep 0.5; done
         fi
     fi
+    local -a pids=()
     for f in "$state"/pids/slurmd-*; do
         [[ -e "$f" ]] || continue
-        if pid=$(recorded_pid "$f" slurmd); then stop_pid "$pid"; fi
-        rm -f "$f"
+        if pid=$(recorded_pid "$f" slurmd); then pids+=("$pid"); fi
     done
+    stop_pids "${pids[@]}"
+    rm -f "$state"/pids/slurmd-*
     # Anything still in a node's network namespace was started by that node (a job's process that escaped).
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX-n[0-9]*$" || true); do
         left=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
@@ -325,7 +331,7 @@ cmd_down() {
         ip netns del "$ns"
     done
     for name in slurmctld munged; do
-        if pid=$(recorded_pid "$state/pids/$name" "$name"); then stop_pid "$pid"; fi
+        if pid=$(recorded_pid "$state/pids/$name" "$name"); then stop_pids "$pid"; fi
         rm -f "$state/pids/$name"
     done
     if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
