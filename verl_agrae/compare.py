@@ -128,15 +128,10 @@ def load_compare(path: str | Path) -> CompareSpec:
     Raises:
         ValueError: invalid YAML (file, line), a missing or unknown key, a bad name or an unknown baseline.
     """
+    from verl_agrae.yaml_files import read_yaml
+
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"experiment file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise _fail(p, f"not valid YAML: {where}{getattr(exc, 'problem', exc)}") from None
+    raw = read_yaml(p)
     allowed = {"output_dir", "base_model", "methods", "baseline", "seeds", "overrides", "evaluation", "report"}
     unknown = sorted(set(raw) - allowed)
     if unknown:

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from verl_agrae.eval.cell import generate_cell, grade_cell
 from verl_agrae.eval.datasets import BenchmarkSpec, load_benchmark
 from verl_agrae.eval.report import CellRef, write_report
 from verl_agrae.eval.sampling import GenerationConfig, SamplingConfig, resolve_model
+from verl_agrae.yaml_files import read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +82,6 @@ def _check_names(kind: str, names: list[str]) -> None:
         raise ValueError(f"duplicate {kind} name(s): {dupes}")
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    # PyYAML's message is several lines about "<unicode string>"; say where and what, once, in the file's terms.
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return where + (f"{problem} ({context})" if context else problem)
-
-
 def load_sweep(path: str | os.PathLike[str], *, output_dir: str | None = None) -> SweepConfig:
     """Parse and validate a sweep YAML.
 
@@ -106,10 +96,7 @@ def load_sweep(path: str | os.PathLike[str], *, output_dir: str | None = None) -
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"sweep file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
+    raw = read_yaml(p)
     if not isinstance(raw, dict):
         raise ValueError(f"{p}: a sweep file must be a mapping")
     allowed = {"output_dir", "runs", "benchmarks", "sampling", "generation", "grading", "report", "data_dir"}
