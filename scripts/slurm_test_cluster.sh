@@ -24,8 +24,11 @@
 #   AGRAE_SLURM_PREFIX (names of the bridge and namespaces, default agsl), AGRAE_SLURM_CPUS (CPUs per node,
 #   default: this machine's), AGRAE_SLURM_CRED_EXPIRE (seconds a requeued job waits before it starts again and
 #   the step credential lifetime; default 10, SLURM's default is 120), AGRAE_SLURM_WAIT (seconds to wait for the
-#   daemons, default 120).
+#   daemons, default 120), AGRAE_SLURM_SHARED (colon-separated paths under /tmp that every node must still see;
+#   this checkout is added when it lies under /tmp, e.g. a CI clone in /tmp/x).
 set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 NET=${AGRAE_SLURM_NET:-10.200.0}
 PREFIX=${AGRAE_SLURM_PREFIX:-agsl}
@@ -233,7 +236,13 @@ start_network() {
 }
 
 start_nodes() {
-    local state=$1 nodes=$2 i j dir
+    local state=$1 nodes=$2 i j dir p
+    local -a shared_paths=()
+    IFS=: read -r -a shared_paths <<<"${AGRAE_SLURM_SHARED:-}"
+    [[ "$REPO" == /tmp/* ]] && shared_paths+=("$REPO")
+    for p in "${shared_paths[@]}"; do
+        [[ "$p" == /tmp/* && -d "$p" ]] || die "AGRAE_SLURM_SHARED: '$p' is not a directory under /tmp"
+    done
     for ((i = 1; i <= nodes; i++)); do
         dir=$state/nodes/n$i
         mkdir -p "$dir/tmp" "$state/spool/n$i"
@@ -243,16 +252,27 @@ start_nodes() {
             echo "$NET.1 $(hostname -s)"
             for ((j = 1; j <= nodes; j++)); do echo "$(node_ip "$j") n$j"; done
         } >"$dir/hosts"
-        cat >"$dir/start.sh" <<EOF
-#!/usr/bin/env bash
-# Runs in node n$i's network namespace and in fresh UTS and mount namespaces (mounts made here stay private).
-set -euo pipefail
-hostname n$i
-mount --bind $dir/hosts /etc/hosts
-mount --bind $dir/tmp /tmp
-export SLURM_CONF=$state/slurm.conf
-exec /usr/sbin/slurmd -D -f $state/slurm.conf -N n$i
-EOF
+        {
+            echo "#!/usr/bin/env bash"
+            echo "# Runs in node n$i's network namespace and in fresh UTS and mount namespaces (mounts stay private)."
+            echo "set -euo pipefail"
+            echo "hostname n$i"
+            echo "mount --bind $dir/hosts /etc/hosts"
+            # Paths under /tmp that the nodes share (a checkout there): kept visible through the private /tmp.
+            local k=0 shared
+            for shared in "${shared_paths[@]}"; do
+                k=$((k + 1))
+                echo "mkdir -p $dir/keep/$k && mount --bind $shared $dir/keep/$k"
+            done
+            echo "mount --bind $dir/tmp /tmp"
+            k=0
+            for shared in "${shared_paths[@]}"; do
+                k=$((k + 1))
+                echo "mkdir -p $shared && mount --bind $dir/keep/$k $shared"
+            done
+            echo "export SLURM_CONF=$state/slurm.conf"
+            echo "exec /usr/sbin/slurmd -D -f $state/slurm.conf -N n$i"
+        } >"$dir/start.sh"
         chmod 755 "$dir/start.sh"
         setsid nsenter "--net=/run/netns/$PREFIX-n$i" unshare --uts --mount -- "$dir/start.sh" \
             >>"$state/log/slurmd-n$i.out" 2>&1 &
