@@ -42,13 +42,19 @@ def _default_model() -> Path:
         return build_tiny_model(Path(tempfile.gettempdir()) / "verl_agrae_rollout_bench" / "tiny")
 
 
+def _demo_unless_given(model: Path | None) -> Path:
+    # vLLM on CPU needs an attention head size >= 32: the demo model, never the tiny fallback.
+    if model is not None:
+        return model
+    from verl_agrae.demo_model import ensure_demo_model
+
+    return ensure_demo_model()
+
+
 def _compare_vllm(args: argparse.Namespace) -> int:
     from verl_agrae.testing.rollout_bench import measure_vllm_vs_hf
 
-    if args.model is None:
-        from verl_agrae.demo_model import ensure_demo_model
-
-        args.model = ensure_demo_model()
+    args.model = _demo_unless_given(args.model)
     r = measure_vllm_vs_hf(
         args.model,
         responses=args.responses,
@@ -82,10 +88,7 @@ def _compare_vllm(args: argparse.Namespace) -> int:
 def _compare_plugin(args: argparse.Namespace) -> int:
     from verl_agrae.testing.rollout_bench import measure_live_weights_cost
 
-    if args.model is None:
-        from verl_agrae.demo_model import ensure_demo_model
-
-        args.model = ensure_demo_model()
+    args.model = _demo_unless_given(args.model)
     r = measure_live_weights_cost(
         args.model,
         responses=args.responses,
