@@ -89,6 +89,14 @@ def test_resolve_model_accepts_hf_dirs_and_explains_fsdp_checkpoints(tmp_path, t
     (step / "actor" / "model_world_size_2_rank_0.pt").write_bytes(b"")
     with pytest.raises(ValueError, match="verl.model_merger merge"):
         resolve_model(str(step))
+    # What verl writes by default: actor/huggingface with config and tokenizer but no weights.
+    (step / "actor" / "huggingface").mkdir()
+    (step / "actor" / "huggingface" / "config.json").write_text("{}")
+    (step / "actor" / "huggingface" / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match="verl.model_merger merge"):
+        resolve_model(str(step))
+    (step / "actor" / "huggingface" / "model.safetensors").write_bytes(b"")
+    assert resolve_model(str(step)) == step / "actor" / "huggingface"
     with pytest.raises(FileNotFoundError):
         resolve_model(str(tmp_path / "nope"))
 

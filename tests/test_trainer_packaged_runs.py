@@ -28,7 +28,18 @@ EPS = 1e-6
 def _run(config_name: str, model, data, run_dir: Path, *extra: str, reward: str = "parity_reward") -> dict:
     from verl_agrae.trainer.main import main
 
-    argv = tiny_run_argv(config_name, model, data, run_dir, "run.record_advantages=true", *extra, reward=reward)
+    # bypass_mode=False: verl's separate old-log-prob pass measures the rollout-vs-actor gap (training/
+    # rollout_probs_diff_*) for every packaged config, the evidence that the CPU default (bypass) is exact.
+    argv = tiny_run_argv(
+        config_name,
+        model,
+        data,
+        run_dir,
+        "run.record_advantages=true",
+        "algorithm.rollout_correction.bypass_mode=False",
+        *extra,
+        reward=reward,
+    )
     assert main(argv) == 0
     rows = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
     assert 1 in rows, f"no step 1 in {run_dir / 'metrics.jsonl'}"

@@ -136,6 +136,8 @@ def _overrides(model: Path, data: Path, run_dir: Path, *extra: str) -> list[str]
         run_dir,
         "actor_rollout_ref.actor.use_kl_loss=True",
         "actor_rollout_ref.rollout.full_determinism=True",
+        # Both layouts recompute old log-probs (the asynchronous one always does): same work, comparable losses.
+        "algorithm.rollout_correction.bypass_mode=False",
         *extra,
         steps=2,
     )

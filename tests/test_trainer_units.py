@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 
@@ -51,6 +52,31 @@ def test_cpu_settings_leave_explicit_user_choices(composed):
     OmegaConf.update(config, "reward.num_workers", 3)
     apply_cpu_settings(config, ["reward.num_workers=3", "ray_kwargs.ray_init.num_cpus=32"])
     assert config.reward.num_workers == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "bypass"),
+    [
+        ([], True),  # hf rollout, one epoch, synchronous v1 trainer
+        (["actor_rollout_ref.actor.ppo_epochs=2"], False),
+        (["trainer.v1.trainer_mode=agrae_separate_async"], False),  # the rollout may lag the actor
+        (["trainer.use_v1=False"], False),
+        (["actor_rollout_ref.rollout.calculate_log_probs=False"], False),
+        (["algorithm.rollout_correction.bypass_mode=False"], False),  # the user's choice wins
+    ],
+)
+def test_cpu_runs_reuse_rollout_log_probs_only_when_exact(composed, overrides, bypass):
+    """Bypass mode (rollout log-probs as old log-probs) only where they equal verl's recomputation; the entropy
+    the skipped pass measured then comes from the update."""
+    from verl_agrae.trainer.cpu_overrides import apply_cpu_settings
+
+    config = composed.copy()
+    for item in overrides:
+        key, value = item.split("=", 1)
+        OmegaConf.update(config, key, yaml.safe_load(value), force_add=True)
+    apply_cpu_settings(config, overrides)
+    assert bool(config.algorithm.rollout_correction.bypass_mode) is bypass
+    assert bool(config.actor_rollout_ref.actor.calculate_entropy) is bypass
 
 
 def test_cpu_worker_env_selects_the_platform_everywhere():

@@ -4,7 +4,7 @@ The question A-GRAE's paper asks: does a method keep exploring, so that Pass@k a
 under GRPO while Pass@1 keeps pace? One run per method on greedy Pass@1 cannot answer it. An experiment file names
 methods (packaged configs), seeds and an evaluation; the command
 
-1. trains every (method, seed) with ``verl-agrae train`` into ``<output_dir>/runs/<method>__seed<s>`` (a finished
+1. trains every (method, seed) with ``verl-agrae train`` into ``<output_dir>/runs/<method>-seed<s>`` (a finished
    run is skipped, an interrupted one resumes from its checkpoint);
 2. writes ``<output_dir>/sweep.yaml`` (the base model and every final checkpoint, on the held-out benchmark) and
    runs it with the evaluation sweep machinery (resumable per shard; on a cluster the same file runs as a SLURM
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -39,20 +38,29 @@ __all__ = [
     "load_compare",
     "main",
     "method_tables",
+    "run_name",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Config keys a seed sets: the data order and the rollout's sampling seed.
 SEED_KEYS = ("data.seed", "actor_rollout_ref.rollout.seed")
-#: Training curves of the report: (metric key, label).
+#: Overrides of every training run, before the experiment's own: checkpoints also hold Hugging Face weights
+#: (``actor/huggingface``), which the evaluation loads (verl saves only FSDP shards unless asked).
+TRAIN_OVERRIDES = ("actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",)
+#: Training curves of the report: (metric keys, first present wins; label). Entropy: ``actor/entropy`` from verl's
+#: old-log-prob pass, ``actor/entropy_loss`` from the update when bypass mode skips that pass (docs/cpu.md).
 CURVES = (
-    ("critic/score/mean", "score"),
-    ("actor/entropy", "entropy"),
-    ("agrae/mu", "mu"),
-    ("agrae/suppression", "suppression"),
+    (("critic/score/mean",), "score"),
+    (("actor/entropy", "actor/entropy_loss"), "entropy"),
+    (("agrae/mu",), "mu"),
+    (("agrae/suppression",), "suppression"),
 )
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def run_name(method: str, seed: int) -> str:
+    """The name of one training run: its directory under ``runs/`` and its row in the evaluation sweep."""
+    return f"{method}-seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ class TrainRun:
 
     @property
     def name(self) -> str:
-        return f"{self.method}__seed{self.seed}"
+        return run_name(self.method, self.seed)
 
 
 @dataclass
@@ -97,12 +105,13 @@ class CompareSpec:
         runs = []
         for seed in self.seeds:
             for m in self.methods:
-                run_dir = self.output_dir / "runs" / f"{m.name}__seed{seed}"
+                run_dir = self.output_dir / "runs" / run_name(m.name, seed)
                 argv = (
                     "--config-name",
                     m.config,
                     f"run.dir={run_dir}",
                     *(f"{k}={seed}" for k in SEED_KEYS),
+                    *TRAIN_OVERRIDES,
                     *self.overrides,
                     *m.overrides,
                 )
@@ -128,6 +137,7 @@ def load_compare(path: str | Path) -> CompareSpec:
     Raises:
         ValueError: invalid YAML (file, line), a missing or unknown key, a bad name or an unknown baseline.
     """
+    from verl_agrae.eval.sweep import check_names
     from verl_agrae.yaml_files import read_yaml
 
     p = Path(path)
@@ -143,12 +153,10 @@ def load_compare(path: str | Path) -> CompareSpec:
     for i, m in enumerate(raw["methods"]):
         if not isinstance(m, dict) or not {"name", "config"} <= set(m) or set(m) - {"name", "config", "overrides"}:
             raise _fail(p, f"methods[{i}] needs name and config (and optionally overrides), got {m!r}")
-        if not _NAME.match(str(m["name"])) or "__" in str(m["name"]):
-            raise _fail(p, f"methods[{i}].name {m['name']!r} must match {_NAME.pattern} without '__'")
         methods.append(MethodSpec(str(m["name"]), str(m["config"]), tuple(str(o) for o in m.get("overrides") or ())))
     names = [m.name for m in methods]
-    if len(set(names)) != len(names):
-        raise _fail(p, f"duplicate method names in {names}")
+    if "base" in names:
+        raise _fail(p, "'base' is the base model's row in the report; name the method otherwise")
     if raw["baseline"] not in names:
         raise _fail(p, f"baseline {raw['baseline']!r} is not one of the methods {names}")
     seeds = raw["seeds"]
@@ -156,6 +164,11 @@ def load_compare(path: str | Path) -> CompareSpec:
         raise _fail(p, f"seeds must be a list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise _fail(p, f"duplicate seeds in {seeds}")
+    try:  # methods and runs label the evaluation's cells
+        check_names("method", names)
+        check_names("run", ["base", *(run_name(m, s) for s in seeds for m in names)])
+    except ValueError as exc:
+        raise _fail(p, str(exc)) from None
     evaluation = dict(raw["evaluation"])
     bad = sorted(set(evaluation) - {"benchmark", "sampling", "generation", "grading"})
     if bad or "benchmark" not in evaluation or "sampling" not in evaluation:
@@ -316,13 +329,13 @@ def _cell_correct(spec: CompareSpec) -> tuple[dict[str, np.ndarray], int]:
     sweep = load_sweep(spec.sweep_path)
     (bench,), (samp,) = sweep.benchmarks, sweep.sampling
 
-    def counts(run_name: str) -> np.ndarray:
-        run = next(r for r in sweep.runs if r.name == run_name)
+    def counts(name: str) -> np.ndarray:
+        run = next(r for r in sweep.runs if r.name == name)
         return np.asarray(load_cell_results(sweep.cell_ref(run, bench, samp).cell_dir).c)
 
     correct = {"base": counts("base")[None, :]}
     for m in spec.methods:
-        correct[m.name] = np.stack([counts(f"{m.name}__seed{s}") for s in spec.seeds])
+        correct[m.name] = np.stack([counts(run_name(m.name, s)) for s in spec.seeds])
     return correct, int(samp.n)
 
 
@@ -332,7 +345,8 @@ def _training_curves(spec: CompareSpec) -> dict[str, dict[str, list[list[tuple[i
     for run in spec.train_runs():
         path = run.run_dir / "metrics.jsonl"
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
-        for key, label in CURVES:
+        for keys, label in CURVES:
+            key = next((k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)), keys[0])
             series = [(int(r["step"]), float(r[key])) for r in rows if isinstance(r.get(key), (int, float))]
             out.setdefault(run.method, {}).setdefault(label, []).append(series)
     return out
@@ -378,7 +392,8 @@ def _plots(spec: CompareSpec, tables: dict[str, Any], curves: dict[str, Any], ks
                     xs, ys = zip(*series, strict=True)
                     ax.plot(xs, ys, color=color, alpha=0.8 if j == 0 else 0.4, label=m if j == 0 else None)
         ax.set(title=label, xlabel="step")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a metric no run logged (e.g. mu under plain GRPO) stays empty
+            ax.legend(fontsize=7)
     paths.append(spec.report_dir / "training.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)

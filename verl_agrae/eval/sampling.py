@@ -152,9 +152,8 @@ def resolve_model(model: str) -> Path:
         raise FileNotFoundError(f"model path not found: {p} (a Hugging Face model directory or a verl checkpoint)")
 
     def has_weights(d: Path) -> bool:
-        return (d / "config.json").is_file() and any(
-            d.glob(pat) for pat in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.gguf")
-        )
+        patterns = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.gguf")
+        return (d / "config.json").is_file() and any(next(d.glob(pat), None) is not None for pat in patterns)
 
     for cand in (p, p / "huggingface", p / "actor" / "huggingface"):
         if has_weights(cand):

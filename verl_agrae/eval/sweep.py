@@ -73,7 +73,12 @@ class SweepConfig:
         return CellRef(run.name, bench.name, samp.name, str(self.output_dir / "cells" / ref.cell_id))
 
 
-def _check_names(kind: str, names: list[str]) -> None:
+def check_names(kind: str, names: list[str]) -> None:
+    """Refuse names that cannot label a cell directory (``<run>__<benchmark>__<sampling>``) or repeat.
+
+    Raises:
+        ValueError: naming the bad or duplicate names.
+    """
     for n in names:
         if not _NAME_RE.match(n) or "__" in n:
             raise ValueError(f"{kind} name {n!r} must match {_NAME_RE.pattern} and not contain '__' (used in paths)")
@@ -116,9 +121,9 @@ def load_sweep(path: str | os.PathLike[str], *, output_dir: str | None = None) -
     if isinstance(samp_raw, dict):
         samp_raw = [samp_raw]
     sampling = [SamplingConfig.from_dict(s) for s in samp_raw]
-    _check_names("run", [r.name for r in runs])
-    _check_names("benchmark", [b.name for b in benches])
-    _check_names("sampling", [s.name for s in sampling])
+    check_names("run", [r.name for r in runs])
+    check_names("benchmark", [b.name for b in benches])
+    check_names("sampling", [s.name for s in sampling])
     grading = dict(raw.get("grading") or {})
     bad = sorted(set(grading) - {"timeout", "num_workers", "dapo", "extraction"})
     if bad:

@@ -201,6 +201,15 @@ def apply_cpu_settings(
     elif rollout_name == _VLLM:
         changed.update(_apply_vllm_cpu_settings(config, user))
     default("actor_rollout_ref.rollout.tensor_model_parallel_size", 1)
+    if _bypass_is_exact(config):
+        # Our `hf` rollout samples with the actor's own fp32 weights and reports log-probs computed the actor's way
+        # (rollout/sampling.py): they match verl's recomputation to ~1e-5 (tests run with bypass_mode=false check
+        # training/rollout_probs_diff_max < 1e-3). With one PPO epoch that recomputation (old log-probs) is then a
+        # second forward pass over the batch for nothing: verl's bypass mode reuses the rollout's log-probs. The
+        # entropy it also measured now comes from the update's forward pass (actor/entropy_loss).
+        default("algorithm.rollout_correction.bypass_mode", True)
+        if OmegaConf.select(config, "algorithm.rollout_correction.bypass_mode", default=False):
+            default("actor_rollout_ref.actor.calculate_entropy", True)
     # fp32 compute everywhere. verl's FSDP engine computes in `fsdp_config.mixed_precision.param_dtype`, bf16
     # when unset (transformer_impl.py, FSDPEngine._build_fsdp_module; `fsdp_config.dtype` is not read there).
     # CPUs without AVX512-BF16/AMX run bf16 matmuls in PyTorch's scalar fallback, which made the demo's actor
@@ -247,6 +256,27 @@ def apply_cpu_settings(
         default("ray_kwargs.ray_init.num_cpus", logical_cpus or DEFAULT_LOGICAL_CPUS)
         default("ray_kwargs.ray_init.num_gpus", gpus)
     return changed
+
+
+def _bypass_is_exact(config: DictConfig) -> bool:
+    """Whether reusing the rollout's log-probs as old log-probs equals verl's separate recomputation.
+
+    Only for our `hf` rollout (vLLM's kernels and dtypes differ from the actor's), verl's v1 trainer in a synchronous
+    mode (the rollout then always holds the actor's current weights; an asynchronous rollout may lag, and the legacy
+    trainer also swaps the loss function in bypass mode), one PPO epoch (with more, the saved pass is a smaller share
+    of the step and its rollout-vs-actor gap metric is worth keeping) and rollouts that return their log-probs.
+    """
+
+    def get(key: str) -> Any:
+        return OmegaConf.select(config, key, default=None)
+
+    return (
+        get("actor_rollout_ref.rollout.name") == "hf"
+        and int(get("actor_rollout_ref.actor.ppo_epochs") or 1) == 1
+        and bool(get("trainer.use_v1"))
+        and not str(get("trainer.v1.trainer_mode") or "").endswith("async")
+        and bool(get("actor_rollout_ref.rollout.calculate_log_probs"))
+    )
 
 
 def _apply_vllm_cpu_settings(config: DictConfig, user: set[str]) -> dict[str, Any]:

@@ -17,7 +17,8 @@ PLOT_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reward": ("Training reward", ("critic/score/mean", "critic/rewards/mean")),
     "accuracy": ("Accuracy", ("val-core/*/acc/mean@*", "val-core/*/reward/mean@*", "train/acc*")),
     "response_length": ("Response length (tokens)", ("response_length/mean", "response_length/max")),
-    "entropy": ("Policy entropy", ("actor/entropy",)),
+    # actor/entropy_loss: the update's entropy, when bypass mode skips verl's old-log-prob pass (docs/cpu.md).
+    "entropy": ("Policy entropy", ("actor/entropy", "actor/entropy_loss")),
     "kl": ("KL to the reference policy", ("actor/kl_loss", "actor/ppo_kl", "actor/kl_coef")),
     "log_prob_gap": (
         "Rollout vs actor log-prob gap",
