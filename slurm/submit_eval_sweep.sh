@@ -25,28 +25,12 @@ shift
     exit 1
 }
 
-# The number of cells, from verl-agrae on PATH or, in a subshell, from the environment the jobs activate (the
-# library's agrae_setup_env: venv, conda, modules, container), so a login node needs no installation of its own.
-count_cells() {
-    if command -v verl-agrae >/dev/null; then
-        verl-agrae eval sweep "$sweep" --num-cells
-        return
-    fi
-    (
-        # shellcheck source=lib/ray_cluster.sh
-        source "$here/lib/ray_cluster.sh"
-        agrae_setup_env
-        if [[ ${#AGRAE_WRAP[@]} -eq 0 ]] && ! command -v verl-agrae >/dev/null; then
-            echo "$0: verl-agrae is not on PATH and no job environment provides it (AGRAE_VENV, AGRAE_CONDA_ENV, AGRAE_MODULES, AGRAE_APPTAINER_IMAGE); set one, or AGRAE_EVAL_CELLS" >&2
-            exit 1
-        fi
-        agrae_run verl-agrae eval sweep "$sweep" --num-cells
-    )
-}
+# shellcheck source=lib/ray_cluster.sh
+source "$here/lib/ray_cluster.sh"
 
 cells=${AGRAE_EVAL_CELLS:-}
 if [[ -z "$cells" ]]; then
-    cells=$(count_cells) || {
+    cells=$(agrae_cli eval sweep "$sweep" --num-cells) || {
         echo "$0: could not count the cells of $sweep (set AGRAE_EVAL_CELLS)" >&2
         exit 1
     }

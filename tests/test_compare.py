@@ -189,3 +189,24 @@ report: {{ks: {ks}, num_boot: 300}}
 
     curves = _training_curves(spec)
     assert curves["b"]["entropy"] == [[(1, 1.0), (2, 0.5)]] * 2 and curves["a"]["entropy"] == [[(1, 1.0), (2, 0.5)]] * 2
+
+
+def test_cli_prints_what_the_slurm_submission_needs(tmp_path, capsys):
+    """slurm/submit_compare.sh reads the experiment through these: the run count, each run's train.sbatch
+    arguments (CONFIG first, run.dir among the overrides) and the sweep path; a bad index names the range."""
+    from verl_agrae.compare import main
+
+    spec = _spec(tmp_path)
+    exp = str(spec.path)
+    assert main([exp, "--num-train"]) == 0
+    assert capsys.readouterr().out.split() == ["4"]
+    assert main([exp, "--train-args", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == list(spec.train_runs()[3].argv[1:]) and lines[0] == "cpu_demo"
+    assert f"run.dir={Path('out') / 'runs' / 'grpo_agrae-seed7'}" in lines
+    assert main([exp, "--sweep-path"]) == 0
+    assert capsys.readouterr().out.strip() == str(Path("out") / "sweep.yaml")
+    assert main([exp, "--train-args", "4"]) == 2
+    assert "index 4 out of range: the experiment has runs 0..3" in capsys.readouterr().err
+    assert main([exp, "--write-sweep"]) == 2  # nothing trained yet
+    assert "no checkpoint" in capsys.readouterr().err

@@ -342,6 +342,75 @@ def test_eval_sweep_array_and_dependent_report_equal_a_local_run(cluster):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# verl-agrae compare: training jobs, sweep file, evaluation array, report
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_submit_compare_trains_each_run_then_evaluates_as_an_array_and_reports(cluster):
+    work = cluster.work / "compare"
+    work.mkdir()
+    out = work / "out"
+    # The tiny runs' overrides (model, data, sizes), one step, and a checkpoint at that step.
+    tiny = _tiny_args(cluster, "trainer.save_freq=1", steps=1)[1:]
+    experiment = work / "tiny.yaml"
+    experiment.write_text(
+        f"""\
+output_dir: {out}
+base_model: {cluster.work / "model"}
+methods:
+  - {{name: grpo, config: grpo}}
+  - {{name: agrae, config: grpo_agrae}}
+baseline: grpo
+seeds: [0]
+overrides: {json.dumps(tiny)}
+evaluation:
+  benchmark: {{name: arith, preset: arithmetic, limit: 4, n_train: 8, n_val: 16}}
+  sampling: {{name: s, n: 4, max_tokens: 8, seed: 1}}
+  generation: {{backend: hf, shard_size: 2, batch_size: 8, dtype: float32}}
+  grading: {{timeout: 5, num_workers: 1}}
+report: {{ks: [1, 2, 4], num_boot: 200}}
+"""
+    )
+    # Submitted from a shell without verl-agrae on PATH: the script reads the experiment in the jobs' environment.
+    res = subprocess.run(
+        [str(SLURM_DIR / "submit_compare.sh"), str(experiment), "--nodes=1", "--gpus-per-node=0",
+         "--cpus-per-task=2", "--time=30"],
+        env={**cluster.env, "AGRAE_SKIP_DOCTOR": "1", "AGRAE_EVAL_SBATCH": "--gpus-per-node=0 --cpus-per-task=2",
+             **CPU_NODE_ENV},
+        cwd=work, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    found = re.search(
+        r"submitted 2 training job\(s\) (\d+) (\d+), the sweep file as job (\d+), 3 cell\(s\) as array job (\d+) "
+        r"and the report as job (\d+)",
+        res.stdout,
+    )
+    assert found, res.stdout
+    train1, train2, sweep_job, array, report_job = map(int, found.groups())
+
+    report = _ended(cluster, report_job)
+    jobs = {j: _job(cluster, j) for j in (train1, train2, sweep_job, *(f"{array}_{i}" for i in range(3)))}
+    logs = {p.name: _log(p)[-3000:] for p in (work / "logs").iterdir()}
+    for j, info in {**jobs, report_job: report}.items():
+        assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), (j, logs)
+    # Each step waited for the one before (ISO times compare as strings).
+    assert jobs[sweep_job]["StartTime"] >= max(jobs[train1]["EndTime"], jobs[train2]["EndTime"])
+    cells = [jobs[f"{array}_{i}"] for i in range(3)]
+    assert min(c["StartTime"] for c in cells) >= jobs[sweep_job]["EndTime"]
+    assert report["StartTime"] >= max(c["EndTime"] for c in cells)
+
+    # Every run trained its step into its own directory and saved Hugging Face weights for the evaluation.
+    for run in ("grpo-seed0", "agrae-seed0"):
+        run_dir = out / "runs" / run
+        assert _metrics_steps(run_dir / "attempts" / "attempt-01") == [1]
+        assert any((run_dir / "checkpoints" / "global_step_1" / "actor" / "huggingface").glob("*.safetensors"))
+    summary = json.loads((out / "report" / "compare.json").read_text())
+    assert set(summary["passk"]) == {"base", "grpo", "agrae"} and set(summary["diff"]) == {"agrae"}
+    assert summary["ks"] == [1, 2, 4]
+    assert (out / "report" / "compare.md").is_file() and (out / "report" / "passk.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # verl-agrae doctor on three nodes
 # ---------------------------------------------------------------------------------------------------------
 

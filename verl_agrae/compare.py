@@ -13,7 +13,9 @@ methods (packaged configs), seeds and an evaluation; the command
    seeds, paired differences (each method minus the baseline, paired by seed and problem) with CIs, and the
    training curves (score, entropy, mu, suppression) side by side.
 
-Steps can run alone (``--train INDEX`` for an array task, ``--eval``, ``--report``).
+Steps can run alone (``--train INDEX``, ``--eval``, ``--write-sweep``, ``--report``); on SLURM,
+``slurm/submit_compare.sh EXPERIMENT.yaml`` submits every training run as a ``slurm/train.sbatch`` job, then the
+sweep file, the evaluation as an array (one task per cell) and the report, each waiting for the step before.
 """
 
 from __future__ import annotations
@@ -197,6 +199,12 @@ def _finished(run: TrainRun) -> bool:
     return data.get("exit_code") == 0 and bool(data.get("checkpoint_step"))
 
 
+def _run_at(runs: list[TrainRun], index: int) -> TrainRun:
+    if not 0 <= index < len(runs):
+        raise IndexError(f"training run index {index} out of range: the experiment has runs 0..{len(runs) - 1}")
+    return runs[index]
+
+
 def train(spec: CompareSpec, index: int | None = None) -> None:
     """Train every run (or run ``index`` only) with ``verl-agrae train``, skipping finished ones.
 
@@ -204,7 +212,7 @@ def train(spec: CompareSpec, index: int | None = None) -> None:
         RuntimeError: a training run failed (its exit status and run directory named).
     """
     runs = spec.train_runs()
-    chosen = runs if index is None else [runs[index]]
+    chosen = runs if index is None else [_run_at(runs, index)]
     for run in chosen:
         if _finished(run):
             logger.info("%s: finished already, skipped", run.name)
@@ -383,7 +391,7 @@ def _plots(spec: CompareSpec, tables: dict[str, Any], curves: dict[str, Any], ks
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), layout="constrained")  # titles clear of the row above
     for ax, (_, label) in zip(axes.flat, CURVES, strict=True):
         for i, (m, per_label) in enumerate(curves.items()):
             color = f"C{i}"
@@ -448,6 +456,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", type=Path)
     step = parser.add_mutually_exclusive_group()
     step.add_argument("--list-train", action="store_true", help="print the training runs (index, name, command)")
+    step.add_argument("--num-train", action="store_true", help="print the number of training runs")
+    step.add_argument(
+        "--train-args",
+        type=int,
+        metavar="INDEX",
+        help="print run INDEX's arguments for slurm/train.sbatch, one per line (CONFIG, then overrides)",
+    )
+    step.add_argument("--sweep-path", action="store_true", help="print where the evaluation sweep file goes")
+    step.add_argument("--write-sweep", action="store_true", help="only write the evaluation sweep (after training)")
     step.add_argument("--train", nargs="?", type=int, const=-1, help="only train (INDEX: only that run)")
     step.add_argument("--eval", action="store_true", help="only write and run the evaluation sweep")
     step.add_argument("--report", action="store_true", help="only write the report")
@@ -455,9 +472,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         spec = load_compare(args.experiment)
+        runs = spec.train_runs()
         if args.list_train:
-            for i, run in enumerate(spec.train_runs()):
+            for i, run in enumerate(runs):
                 print(f"{i}\t{run.name}\tverl-agrae train {' '.join(run.argv)}")
+            return 0
+        if args.num_train:
+            print(len(runs))
+            return 0
+        if args.train_args is not None:
+            argv = _run_at(runs, args.train_args).argv  # ("--config-name", CONFIG, overrides...)
+            print("\n".join(argv[1:]))
+            return 0
+        if args.sweep_path:
+            print(spec.sweep_path)
+            return 0
+        if args.write_sweep:
+            print(write_sweep(spec))
             return 0
         if args.train is not None or not (args.eval or args.report):
             train(spec, None if args.train in (None, -1) else args.train)

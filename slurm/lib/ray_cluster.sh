@@ -106,6 +106,24 @@ agrae_run() {
     "${AGRAE_WRAP[@]}" "$@"
 }
 
+# `verl-agrae ARGS...` on the submitting host (login node), for the submit scripts: from PATH, or else in a subshell
+# with the environment the jobs activate (agrae_setup_env: venv, conda, modules, container), so a login node needs
+# no installation of its own. Its output is the command's; on failure it says why and returns non-zero.
+agrae_cli() {
+    if command -v verl-agrae >/dev/null; then
+        verl-agrae "$@"
+        return
+    fi
+    (
+        agrae_setup_env
+        if [[ ${#AGRAE_WRAP[@]} -eq 0 ]] && ! command -v verl-agrae >/dev/null; then
+            agrae_log "verl-agrae is not on PATH and no job environment provides it (AGRAE_VENV, AGRAE_CONDA_ENV, AGRAE_MODULES, AGRAE_APPTAINER_IMAGE)"
+            exit 1
+        fi
+        agrae_run verl-agrae "$@"
+    )
+}
+
 # Fill AGRAE_NODES from SLURM_JOB_NODELIST. A real array, one host per element (verl's example did
 # nodes_array=("$nodes"): one element holding every name, so it never started a worker).
 agrae_nodes() {
