@@ -111,7 +111,7 @@ def ensure_demo_model(cache_dir: Path | None = None) -> Path:
     # The GGUF-loaded config carries the quantisation record that blocks saving; the weights are fp32 now.
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    config.torch_dtype = torch.float32
+    config.dtype = torch.float32
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), assign=True)
