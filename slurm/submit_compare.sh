@@ -16,18 +16,11 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-(($# >= 1)) || {
-    echo "usage: $0 EXPERIMENT.yaml [sbatch options for the training jobs...]" >&2
-    exit 2
-}
-experiment=$1
-shift
-[[ -r "$experiment" ]] || {
-    echo "$0: experiment file not found: $experiment" >&2
-    exit 1
-}
 # shellcheck source=lib/ray_cluster.sh
 source "$here/lib/ray_cluster.sh"
+agrae_require_file_arg "EXPERIMENT.yaml [sbatch options for the training jobs...]" "$@"
+experiment=$1
+shift
 
 runs=$(agrae_cli compare "$experiment" --num-train) || {
     echo "$0: could not read $experiment (see the error above)" >&2
@@ -39,11 +32,6 @@ name=$(basename "${experiment%.*}")
 mkdir -p logs
 # SLURM runs copies of the batch scripts; this tells them where the library is.
 export AGRAE_SLURM_DIR=$here
-parsable() { # sbatch --parsable prints "jobid[;cluster]"
-    local out
-    out=$(sbatch --parsable "$@")
-    echo "${out%%;*}"
-}
 
 train_jobs=()
 for ((i = 0; i < runs; i++)); do
@@ -52,7 +40,7 @@ for ((i = 0; i < runs; i++)); do
         echo "$0: no arguments for training run $i" >&2
         exit 1
     }
-    train_jobs+=("$(parsable --job-name="$name-train-$i" "$@" "$here/train.sbatch" "${args[@]}")")
+    train_jobs+=("$(agrae_sbatch --job-name="$name-train-$i" "$@" "$here/train.sbatch" "${args[@]}")")
 done
 after_training=$(
     IFS=:
@@ -61,13 +49,13 @@ after_training=$(
 
 read -r -a small_opts <<<"${AGRAE_REPORT_SBATCH:-}"
 read -r -a cell_opts <<<"${AGRAE_EVAL_SBATCH:-}"
-sweep_job=$(parsable --job-name="$name-sweep" --dependency="afterok:$after_training" "${small_opts[@]}" \
+sweep_job=$(agrae_sbatch --job-name="$name-sweep" --dependency="afterok:$after_training" "${small_opts[@]}" \
     "$here/compare_step.sbatch" "$experiment" --write-sweep)
 cells=$((runs + 1)) # the base model and every run's final checkpoint, on one benchmark with one sampling setting
 array="0-$((cells - 1))${AGRAE_ARRAY_LIMIT:+%$AGRAE_ARRAY_LIMIT}"
-eval_job=$(parsable --job-name="$name-eval" --array="$array" --dependency="afterok:$sweep_job" "${cell_opts[@]}" \
+eval_job=$(agrae_sbatch --job-name="$name-eval" --array="$array" --dependency="afterok:$sweep_job" "${cell_opts[@]}" \
     "$here/eval_sweep.sbatch" "$sweep")
-report_job=$(parsable --job-name="$name-report" --dependency="afterany:$eval_job" "${small_opts[@]}" \
+report_job=$(agrae_sbatch --job-name="$name-report" --dependency="afterany:$eval_job" "${small_opts[@]}" \
     "$here/compare_step.sbatch" "$experiment" --report)
 echo "submitted $runs training job(s) ${train_jobs[*]}, the sweep file as job $sweep_job, $cells cell(s) as array" \
     "job $eval_job and the report as job $report_job"

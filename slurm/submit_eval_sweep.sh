@@ -14,19 +14,11 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-(($# >= 1)) || {
-    echo "usage: $0 SWEEP.yaml [sbatch options for the cell jobs...]" >&2
-    exit 2
-}
-sweep=$1
-shift
-[[ -r "$sweep" ]] || {
-    echo "$0: sweep file not found: $sweep" >&2
-    exit 1
-}
-
 # shellcheck source=lib/ray_cluster.sh
 source "$here/lib/ray_cluster.sh"
+agrae_require_file_arg "SWEEP.yaml [sbatch options for the cell jobs...]" "$@"
+sweep=$1
+shift
 
 cells=${AGRAE_EVAL_CELLS:-}
 if [[ -z "$cells" ]]; then
@@ -44,9 +36,7 @@ mkdir -p logs
 # SLURM runs copies of the batch scripts; this tells them where the library is.
 export AGRAE_SLURM_DIR=$here
 array="0-$((cells - 1))${AGRAE_ARRAY_LIMIT:+%$AGRAE_ARRAY_LIMIT}"
-array_job=$(sbatch --parsable --array="$array" "$@" "$here/eval_sweep.sbatch" "$sweep")
-array_job=${array_job%%;*} # --parsable prints "jobid[;cluster]"
+array_job=$(agrae_sbatch --array="$array" "$@" "$here/eval_sweep.sbatch" "$sweep")
 read -r -a report_opts <<<"${AGRAE_REPORT_SBATCH:-}"
-report_job=$(sbatch --parsable --dependency="afterany:$array_job" "${report_opts[@]}" "$here/eval_report.sbatch" "$sweep")
-report_job=${report_job%%;*}
+report_job=$(agrae_sbatch --dependency="afterany:$array_job" "${report_opts[@]}" "$here/eval_report.sbatch" "$sweep")
 echo "submitted $cells cell(s) as array job $array_job and the report as job $report_job (after all cells)"

@@ -553,6 +553,21 @@ def test_submit_counts_cells_in_the_jobs_environment_when_verl_agrae_is_not_on_p
     assert any(c.startswith("sbatch ") and "--array=0-3 " in c for c in _calls(tmp_path))
 
 
+@pytest.mark.parametrize("script", ["submit_eval_sweep.sh", "submit_compare.sh"])
+def test_submit_scripts_refuse_a_missing_argument_or_file_before_submitting(tmp_path, script):
+    env = _env(tmp_path, 1)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SLURM / script), *args], env=env, capture_output=True, text=True, timeout=60)
+
+    res = run()
+    assert res.returncode == 2 and f"usage: {SLURM / script} " in res.stderr
+    missing = tmp_path / "nope.yaml"
+    res = run(str(missing))
+    assert res.returncode == 1 and f"file not found: {missing}" in res.stderr
+    assert not [c for c in _calls(tmp_path) if c.startswith("sbatch ")]
+
+
 def test_submit_sweep_array_then_dependent_report(tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("output_dir: out\n")

@@ -106,6 +106,28 @@ agrae_run() {
     "${AGRAE_WRAP[@]}" "$@"
 }
 
+# For the submit scripts: exit with the usage (status 2) unless there is a first argument, and with status 1 unless
+# it names a readable file. Args: the usage text after the script's name, then the script's own arguments.
+agrae_require_file_arg() {
+    local usage=$1
+    shift
+    if (($# < 1)); then
+        echo "usage: $0 $usage" >&2
+        exit 2
+    fi
+    if [[ ! -r "$1" ]]; then
+        echo "$0: file not found: $1" >&2
+        exit 1
+    fi
+}
+
+# `sbatch --parsable ARGS...`, printing the job id alone (--parsable prints "jobid[;cluster]").
+agrae_sbatch() {
+    local out
+    out=$(sbatch --parsable "$@")
+    echo "${out%%;*}"
+}
+
 # `verl-agrae ARGS...` on the submitting host (login node), for the submit scripts: from PATH, or else in a subshell
 # with the environment the jobs activate (agrae_setup_env: venv, conda, modules, container), so a login node needs
 # no installation of its own. Its output is the command's; on failure it says why and returns non-zero.
