@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from verl_agrae.trainer.plots import ENTROPY_KEYS
+
 __all__ = [
     "CompareSpec",
     "MethodSpec",
@@ -50,11 +52,10 @@ SEED_KEYS = ("data.seed", "actor_rollout_ref.rollout.seed")
 #: Overrides of every training run, before the experiment's own: checkpoints also hold Hugging Face weights
 #: (``actor/huggingface``), which the evaluation loads (verl saves only FSDP shards unless asked).
 TRAIN_OVERRIDES = ("actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",)
-#: Training curves of the report: (metric keys, first present wins; label). Entropy: ``actor/entropy`` from verl's
-#: old-log-prob pass, ``actor/entropy_loss`` from the update when bypass mode skips that pass (docs/cpu.md).
+#: Training curves of the report: (metric keys, first present wins; label).
 CURVES = (
     (("critic/score/mean",), "score"),
-    (("actor/entropy", "actor/entropy_loss"), "entropy"),
+    (ENTROPY_KEYS, "entropy"),
     (("agrae/mu",), "mu"),
     (("agrae/suppression",), "suppression"),
 )
@@ -400,7 +401,7 @@ def _plots(spec: CompareSpec, tables: dict[str, Any], curves: dict[str, Any], ks
                     xs, ys = zip(*series, strict=True)
                     ax.plot(xs, ys, color=color, alpha=0.8 if j == 0 else 0.4, label=m if j == 0 else None)
         ax.set(title=label, xlabel="step")
-        if ax.get_legend_handles_labels()[0]:  # a metric no run logged (e.g. mu under plain GRPO) stays empty
+        if ax.get_legend_handles_labels()[0]:  # a metric that no run logged stays an empty panel
             ax.legend(fontsize=7)
     paths.append(spec.report_dir / "training.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")

@@ -10,15 +10,18 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PLOT_GROUPS", "plot_metrics"]
+__all__ = ["ENTROPY_KEYS", "PLOT_GROUPS", "plot_metrics"]
+
+#: Policy entropy, first present wins: ``actor/entropy`` from verl's old-log-prob pass, ``actor/entropy_loss`` from
+#: the update when bypass mode skips that pass (docs/cpu.md).
+ENTROPY_KEYS = ("actor/entropy", "actor/entropy_loss")
 
 #: figure name -> (title, glob patterns of metric keys)
 PLOT_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reward": ("Training reward", ("critic/score/mean", "critic/rewards/mean")),
     "accuracy": ("Accuracy", ("val-core/*/acc/mean@*", "val-core/*/reward/mean@*", "train/acc*")),
     "response_length": ("Response length (tokens)", ("response_length/mean", "response_length/max")),
-    # actor/entropy_loss: the update's entropy, when bypass mode skips verl's old-log-prob pass (docs/cpu.md).
-    "entropy": ("Policy entropy", ("actor/entropy", "actor/entropy_loss")),
+    "entropy": ("Policy entropy", ENTROPY_KEYS),
     "kl": ("KL to the reference policy", ("actor/kl_loss", "actor/ppo_kl", "actor/kl_coef")),
     "log_prob_gap": (
         "Rollout vs actor log-prob gap",
