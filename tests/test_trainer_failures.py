@@ -13,7 +13,13 @@ import pytest
 ray = pytest.importorskip("ray")
 
 
-def _driver_error(target_cls: str, method: str) -> BaseException:
+def _driver_error(target_cls: str, method: str, layout: str = "fused") -> BaseException:
+    """What the driver gets when ``target_cls``'s process dies in ``method``, under a TaskRunner-like actor.
+
+    ``layout``: "fused" (one WorkerDict serves actor_rollout_wg and ref_policy_wg, verl's default), "separate"
+    (the reference has its own WorkerDict), or "unknown" (a trainer without our mixin: no layout note).
+    """
+
     # Defined here, not at module level, so cloudpickle ships them by value (workers cannot import this file).
     class HFRolloutServer:
         def generate(self):
@@ -26,26 +32,31 @@ def _driver_error(target_cls: str, method: str) -> BaseException:
         def ref_compute_ref_log_prob(self):
             os._exit(1)
 
-    class WorkerGroup:  # verl's RayWorkerGroup: a blocking method per role method
+    class WorkerGroup:  # verl's RayWorkerGroup: actor handles in `_workers`, a blocking method per role method
         def __init__(self, handle, prefix):
-            self.handle, self.prefix = handle, prefix
+            self._workers, self.prefix = [handle], prefix
 
         def __getattr__(self, name):
-            return lambda: ray.get(getattr(self.handle, self.prefix + name).remote())
+            return lambda: ray.get(getattr(self._workers[0], self.prefix + name).remote())
 
-    targets = {"HFRolloutServer": HFRolloutServer, "WorkerDict": WorkerDict}
-
-    class TaskRunnerV1:
-        def run(self):
-            handle = ray.remote(max_restarts=0)(targets[target_cls]).remote()
+    class Trainer:  # the attribute names and calls of verl's v1 trainer (trainer_base.py)
+        def fit(self):
             if target_cls == "HFRolloutServer":
-                return ray.get(handle.generate.remote())
-            # The attribute names and calls of verl's trainer (trainer_base.py).
-            self.actor_rollout_wg = WorkerGroup(handle, "actor_rollout_ref_")
-            self.ref_policy_wg = WorkerGroup(handle, "ref_")
+                return ray.get(ray.remote(max_restarts=0)(HFRolloutServer).remote().generate.remote())
+            actor = ray.remote(max_restarts=0)(WorkerDict).remote()
+            self.actor_rollout_wg = WorkerGroup(actor, "actor_rollout_ref_")
+            ref = actor if layout != "separate" else ray.remote(max_restarts=0)(WorkerDict).remote()
+            self.ref_policy_wg = WorkerGroup(ref, "ref_")
             if method == "update_actor":
                 return self.actor_rollout_wg.update_actor()
             return self.ref_policy_wg.compute_ref_log_prob()
+
+    class TaskRunnerV1:
+        def run(self):
+            from verl_agrae.integration.trainers import AgraeTrainerMixin
+
+            trainer = (Trainer if layout == "unknown" else type("T", (AgraeTrainerMixin, Trainer), {}))()
+            return trainer.fit()
 
     runner = ray.remote(TaskRunnerV1).remote()
     with pytest.raises(Exception) as info:
@@ -54,25 +65,41 @@ def _driver_error(target_cls: str, method: str) -> BaseException:
 
 
 @pytest.mark.parametrize(
-    ("target_cls", "method", "expected"),
+    ("target_cls", "method", "layout", "expected"),
     [
-        ("HFRolloutServer", "generate", "rollout server (`hf` backend) [HFRolloutServer]"),
+        ("HFRolloutServer", "generate", "fused", "rollout server (`hf` backend) [HFRolloutServer]"),
         (
             "WorkerDict",
             "update_actor",
-            "actor/rollout/reference worker (FSDP) [WorkerDict, in actor_rollout_wg.update_actor]",
+            "fused",
+            "actor/rollout/reference policy worker (FSDP) [WorkerDict, in actor_rollout_wg.update_actor]",
+        ),
+        # The fused worker killed while the reference pass waits on it is still the actor's process too.
+        (
+            "WorkerDict",
+            "compute_ref_log_prob",
+            "fused",
+            "actor/rollout/reference policy worker (FSDP) [WorkerDict, in ref_policy_wg.compute_ref_log_prob]",
         ),
         (
             "WorkerDict",
             "compute_ref_log_prob",
+            "separate",
+            "reference policy worker (FSDP) [WorkerDict, in ref_policy_wg.compute_ref_log_prob]",
+        ),
+        # Without the layout note, the waiting call's group is all there is to go on.
+        (
+            "WorkerDict",
+            "compute_ref_log_prob",
+            "unknown",
             "reference policy worker (FSDP) [WorkerDict, in ref_policy_wg.compute_ref_log_prob]",
         ),
     ],
 )
-def test_dead_actor_under_the_task_runner_is_named_by_role(ray_session, target_cls, method, expected):
+def test_dead_actor_under_the_task_runner_is_named_by_role(ray_session, target_cls, method, layout, expected):
     from verl_agrae.trainer.failures import failed_role
 
-    assert failed_role(_driver_error(target_cls, method)) == expected
+    assert failed_role(_driver_error(target_cls, method, layout)) == expected
 
 
 def test_a_dead_task_runner_is_named(ray_session):

@@ -126,7 +126,8 @@ def test_interruptions_stop_the_run_and_the_same_command_resumes_without_losing_
 
     1. Ctrl-C (SIGINT to the process group): exit 130 promptly, no process of the run left alive;
     2. the `hf` rollout server's process killed: exit 1, the error names the rollout server;
-    3. the FSDP worker's process killed: exit 1, the error names the actor/rollout/reference worker;
+    3. the FSDP worker's process killed: exit 1, the error names the actor/rollout/reference policy worker (verl's
+       fused layout: one process);
     4. a stop request (the file slurm/train.sbatch creates on SLURM's time-limit warning) with no periodic
        checkpoints: the step in progress is saved and logged, exit 75;
     5. runs to the end.
@@ -164,7 +165,7 @@ def test_interruptions_stop_the_run_and_the_same_command_resumes_without_losing_
     for number, (title, role) in enumerate(
         [
             ("HFRolloutServer", "rollout server (`hf` backend) [HFRolloutServer]"),
-            ("WorkerDict", "actor/rollout/reference worker (FSDP)"),
+            ("WorkerDict", "actor/rollout/reference policy worker (FSDP)"),
         ],
         start=2,
     ):

@@ -69,6 +69,7 @@ from verl_agrae.diagnostics import PREFIX, diagnostics_from_result
 from verl_agrae.integration.estimator import ESTIMATOR_NAME, AgraeStep, bind_step
 from verl_agrae.integration.replay_buffer import GENERATED_GROUPS_KEY, adopt, reward_acc
 from verl_agrae.trainer import stop_request
+from verl_agrae.trainer.failures import worker_layout_note
 from verl_agrae.trainer.run_dir import CHECKPOINTED_METRICS_FILE, RECORD_DIR_ENV
 
 __all__ = [
@@ -183,6 +184,15 @@ class AgraeTrainerMixin:
                 raise ValueError(f"trainer.v1.sampler.poll_interval must be > 0, got {interval}")
             buffer.poll_interval = float(interval)
         return buffer
+
+    def fit(self, *args, **kwargs):
+        try:
+            return super().fit(*args, **kwargs)
+        except Exception as e:
+            # Which roles a dead FSDP worker hosted depends on the layout; the note travels with the error to the
+            # driver, whose message names the roles (trainer/failures.py).
+            e.add_note(worker_layout_note(self))
+            raise
 
     def _step_once(self, metrics: dict, timing_raw: dict, sample_batch_size: int):
         try:

@@ -6,6 +6,12 @@ verl's FSDP worker groups (all of class ``WorkerDict``), the TaskRunner's traceb
 waiting (``self.ref_policy_wg.compute_ref_log_prob(batch)``).
 Users think in verl's roles (rollout, actor, reference policy, reward), not in Ray class names, so the
 entry point's error message leads with the role.
+
+Which roles one WorkerDict process hosts depends on the layout (verl fuses actor, rollout and reference into
+one worker group unless the reference gets its own), so the waiting call alone can mislead: a fused worker
+killed during ``ref_policy_wg.compute_ref_log_prob`` is the actor's process too. Our trainer therefore adds a
+note to any exception leaving ``fit`` (``worker_layout_note``) that maps each worker's Ray actor id to the
+groups it serves; ``failed_role`` reads the dead actor's id (Ray prints it) against that note.
 """
 
 from __future__ import annotations
@@ -30,14 +36,49 @@ ROLE_BY_CLASS = {
 # verl's trainers drive the WorkerDict groups through these attributes; the TaskRunner's traceback (which
 # the driver's error carries as text) shows the call that was waiting when the worker died.
 ROLE_BY_WORKER_GROUP = {
-    "actor_rollout_wg": "actor/rollout/reference worker (FSDP)",
-    "ref_policy_wg": "reference policy worker (FSDP)",
-    "critic_wg": "critic worker (FSDP)",
-    "rm_wg": "reward model worker",
+    "actor_rollout_wg": "actor/rollout",
+    "ref_policy_wg": "reference policy",
+    "critic_wg": "critic",
+    "rm_wg": "reward model",
 }
+LAYOUT_NOTE = "verl-agrae worker layout (Ray actor id = worker groups):"
 
 _CLASS_NAME = re.compile(r"class_name:\s*([\w.<>]+)")
+_ACTOR_ID = re.compile(r"actor_id:\s*([0-9a-f]+)")
 _WORKER_GROUP_CALL = re.compile(r"\b(\w+_wg)\.(\w+)\(")
+_LAYOUT_ENTRY = re.compile(r"\b([0-9a-f]{16,})=([\w,]+)")
+
+
+def worker_layout_note(trainer: object) -> str:
+    """One line naming, for every worker process of the trainer's FSDP worker groups, the groups it serves.
+
+    Args:
+        trainer: a verl trainer after ``init_workers``; groups it has not built are skipped.
+
+    Returns:
+        ``LAYOUT_NOTE`` followed by ``<actor id hex>=<group>[,<group>...]`` entries separated by ``; ``.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in ROLE_BY_WORKER_GROUP:
+        # verl's RayWorkerGroup keeps its actor handles in `_workers` (verl itself reads `_actor_id` off them).
+        for worker in getattr(getattr(trainer, name, None), "_workers", None) or []:
+            actor_id = getattr(worker, "_actor_id", None)
+            if actor_id is not None and name not in groups.setdefault(actor_id.hex(), []):
+                groups[actor_id.hex()].append(name)
+    return f"{LAYOUT_NOTE} " + "; ".join(f"{a}={','.join(g)}" for a, g in groups.items())
+
+
+def _groups_of(actor_id: str, text: str) -> list[str]:
+    for line in text.splitlines():
+        if LAYOUT_NOTE in line:
+            for entry_id, names in _LAYOUT_ENTRY.findall(line):
+                if entry_id == actor_id:
+                    return names.split(",")
+    return []
+
+
+def _fsdp_role(groups: list[str]) -> str:
+    return "/".join(ROLE_BY_WORKER_GROUP[g] for g in groups if g in ROLE_BY_WORKER_GROUP) + " worker (FSDP)"
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -71,12 +112,19 @@ def failed_role(exc: BaseException) -> str | None:
         return None
     # Ray may report a qualified name (`module.Class`, `func.<locals>.Class`): keep the class itself.
     names = [n.rsplit(".", 1)[-1] for n in _CLASS_NAME.findall("\n".join(str(e) for e in died) or text)]
+    ids = _ACTOR_ID.findall("\n".join(str(e) for e in died) or text)
     # The innermost death is the cause; outer ones (the TaskRunner) only relayed it.
-    for name in reversed(names) if names else ():
+    for i in reversed(range(len(names))):
+        name = names[i]
         if name == "WorkerDict":
-            for group, method in reversed(_WORKER_GROUP_CALL.findall(text)):
-                if group in ROLE_BY_WORKER_GROUP:
-                    return f"{ROLE_BY_WORKER_GROUP[group]} [WorkerDict, in {group}.{method}]"
+            calls = [(g, m) for g, m in _WORKER_GROUP_CALL.findall(text) if g in ROLE_BY_WORKER_GROUP]
+            where = f", in {calls[-1][0]}.{calls[-1][1]}" if calls else ""
+            # Ray prints class_name and actor_id once per dead actor, in that order.
+            hosted = _groups_of(ids[i], text) if len(ids) == len(names) else []
+            if hosted:
+                return f"{_fsdp_role(hosted)} [WorkerDict{where}]"
+            if calls:  # no layout note (a trainer without our mixin): the waiting call's group is the best guess
+                return f"{_fsdp_role([calls[-1][0]])} [WorkerDict{where}]"
             return "FSDP worker group [WorkerDict]"
         if name in ROLE_BY_CLASS:
             return f"{ROLE_BY_CLASS[name]} [{name}]"
