@@ -3,8 +3,10 @@
 Same tiny model (built locally), same prompts, batch, group size, response length, fp32, KL to a reference
 model on both sides, in one process run. Prints per-phase times and the step-time ratio; step 1 of each side
 is warm-up and excluded. The verl side runs with the CPU default (bypass mode: the rollout's log-probs are the
-old log-probs), again with verl's separate old-log-prob pass (what that pass costs), and a third time with the
-rollout server limited to one sequence per ``generate`` call (batched vs one-at-a-time generation speed).
+old log-probs; logits for response positions only), again with verl's separate old-log-prob pass (what that pass
+costs), again with verl's full-length logits (``VERL_AGRAE_RESPONSE_LOGITS=0``: what computing prompt positions'
+logits costs), and once more with the rollout server limited to one sequence per ``generate`` call (batched vs
+one-at-a-time generation speed).
 
     python benchmarks/cpu_step_bench.py                 # defaults: 8 prompts x 4 = 32 responses x 32 tokens
     python benchmarks/cpu_step_bench.py --steps 4 --prompts 8 --n 4 --response-length 64
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-one-at-a-time", action="store_true")
     parser.add_argument("--skip-separate-pass", action="store_true", help="no verl run with bypass_mode=False")
+    parser.add_argument("--skip-full-logits", action="store_true", help="no verl run with full-length logits")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -194,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         results["verl_separate_pass"] = run_verl(
             model, data, work, args, "separate_pass", ["algorithm.rollout_correction.bypass_mode=False"]
         )
+    if not args.skip_full_logits:
+        env = "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_AGRAE_RESPONSE_LOGITS=0"
+        results["verl_full_logits"] = run_verl(model, data, work, args, "full_logits", [env])
     if not args.skip_one_at_a_time:
         results["verl_one_at_a_time"] = run_verl(
             model, data, work, args, "one_at_a_time", ["+actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=1"]
@@ -213,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         if "verl_separate_pass" in results:
             sep = results["verl_separate_pass"]["phases"]["whole step"]
             print(f"  with verl's separate old-log-prob pass: {sep / trl:.2f}  ({sep:.2f}s)")
+        if "verl_full_logits" in results:
+            full = results["verl_full_logits"]["phases"]["whole step"]
+            print(f"  with verl's full-length logits: {full / trl:.2f}  ({full:.2f}s)")
     if "verl_one_at_a_time" in results:
         one = results["verl_one_at_a_time"]["phases"]["generation"]
         batched = results["verl"]["phases"]["generation"]

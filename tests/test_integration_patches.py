@@ -225,3 +225,17 @@ def test_llama_gets_verls_generic_continuous_token_builder_without_the_warning(c
     assert family == fallback == wiring.ContinuousTokenModelFamily.DEFAULT
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "no_such_model_type" in warnings[0]  # only the unknown type still warns
+
+
+def test_response_logits_guard_fails_when_verls_padded_branch_changes(monkeypatch):
+    """Patch 10 replaces the padded branch of prepare_model_outputs: a verl whose branch reads differently fails."""
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    patches._response_logits_targets()  # the installed verl matches
+
+    def prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func):
+        return {}  # a verl that no longer narrows full-length logits
+
+    monkeypatch.setattr(FSDPEngineWithLMHead, "prepare_model_outputs", prepare_model_outputs)
+    with pytest.raises(patches.PatchTargetChanged, match="narrowing full-length logits"):
+        patches._response_logits_targets()

@@ -42,7 +42,11 @@ PROBE = textwrap.dedent(
     out["valuehead_loader"] = vm.load_valuehead_model.__module__
     # The engine lookup verl's workers do (row 6).
     from verl.workers.engine.base import EngineRegistry
-    out["engine"] = EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__
+    engine_cls = EngineRegistry.get_engine_cls("language_model", "fsdp2")
+    out["engine"] = engine_cls.__name__
+    # Patch 10 waits for the engine module's import (the lookup above imported it).
+    out["patches_after_engine_import"] = sorted(set(applied_patches()) - set(out["patches"]))
+    out["response_logits_wrapped"] = hasattr(engine_cls.prepare_model_outputs, "_verl_agrae_original")
 
     # gloo process group with verl's backend string (row 5), then FSDP2 with the reference policy's
     # offload setting on a small module (row 13): this is where an unpatched run fails.
@@ -125,6 +129,8 @@ def test_patches_are_applied_and_effective(cpu_probe):
     if importlib.util.find_spec("trl") is not None:  # only answered where trl is installed (the `bench` extra)
         expected.append("trl_without_value_head_breaks_model_build")
     assert cpu_probe["patches"] == sorted(expected)
+    assert cpu_probe["patches_after_engine_import"] == ["padded_forward_projects_every_position"]
+    assert cpu_probe["response_logits_wrapped"]
     assert cpu_probe["ref_offload_pins"] is False
     assert cpu_probe["valuehead_loader"] == "verl_agrae.integration.patches"
     assert cpu_probe["fsdp2_forward_ok"]

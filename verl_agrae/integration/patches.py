@@ -7,7 +7,8 @@ or a registration through verl's own registries (:mod:`.backends`). Each patch h
 - checks, before touching anything, that verl still looks the way the patch assumes
   (:func:`check_targets` runs all checks; ``tests/test_integration_patches.py`` runs them against the
   installed verl so an upgrade fails loudly instead of silently training wrong);
-- is idempotent. Patches 1-3 are applied only when the CPU platform is selected (:func:`apply_cpu_patches`);
+- is idempotent. Patches 1-3 and 10 are applied only when the CPU platform is selected (:func:`apply_cpu_patches`;
+  10 at the first import of verl's FSDP engine module);
   4 and 6 whenever verl is imported (6 acts at the first import of verl's vLLM adapter); 5 when our trainer
   modes are registered; 7 at the first import of verl's weight-transfer module, on every platform; 8 (a patch
   of vLLM) from our vLLM general plugin in vLLM's processes, for verl's rollout on the CPU only.
@@ -45,6 +46,7 @@ __all__ = [
     "check_targets",
     "continuous_token_warning_for_llama",
     "fsdp2_offload_policy_pins_memory",
+    "padded_forward_projects_every_position",
     "process_group_backend_names_cpu_twice",
     "separate_async_logs_with_print_keywords",
     "trl_without_value_head_breaks_model_build",
@@ -767,6 +769,93 @@ def continuous_token_warning_for_llama() -> None:
         module._MODEL_TYPE_TO_FAMILY.setdefault(model_type, module.ContinuousTokenModelFamily.DEFAULT)
 
 
+# ---------------------------------------------------------------------------------------------------
+# 10. verl's padded forward projects every prompt position onto the vocabulary.
+#    verl/workers/engine/fsdp/transformer_impl.py, FSDPEngineWithLMHead.prepare_model_inputs/outputs without
+#    remove-padding (the CPU path): logits, temperature, entropy and log-softmax at every position of prompt +
+#    response, of which the consumers read the response's (verl/workers/utils/padding.py, no_padding_2_padding);
+#    and with entropy_coeff == 0, a backward pass through the entropy that adds zeros. The two methods are
+#    wrapped: RL micro-batches on that path get logits from their earliest response position on; every other
+#    batch runs verl's code unchanged (:mod:`verl_agrae.integration.response_logits`).
+# ---------------------------------------------------------------------------------------------------
+
+ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"
+
+
+def _response_logits_targets() -> tuple[type, Callable[..., Any], Callable[..., Any]]:
+    """verl's LM-head engine class and its unpatched ``prepare_model_inputs`` / ``prepare_model_outputs``."""
+    module = importlib.import_module(ENGINE_MODULE)
+    where = ENGINE_MODULE.replace(".", "/") + ".py"
+    cls = getattr(module, "FSDPEngineWithLMHead", None)
+    _require(cls is not None, "class FSDPEngineWithLMHead", where)
+    for name in ("prepare_model_inputs", "prepare_model_outputs"):
+        _require(hasattr(cls, name), f"FSDPEngineWithLMHead.{name}", where)
+    inputs = getattr(cls.prepare_model_inputs, "_verl_agrae_original", cls.prepare_model_inputs)
+    outputs = getattr(cls.prepare_model_outputs, "_verl_agrae_original", cls.prepare_model_outputs)
+    _require(
+        list(inspect.signature(inputs).parameters) == ["self", "micro_batch"],
+        "prepare_model_inputs(self, micro_batch)",
+        where,
+    )
+    _require(
+        list(inspect.signature(outputs).parameters)
+        == ["self", "output", "output_args", "micro_batch", "logits_processor_func"],
+        "prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func)",
+        where,
+    )
+    _require('output_args["temperature"] = temperature' in _source(inputs), "the padded branch's output_args", where)
+    padded_branch = "logits = torch.nested.narrow(logits, 1, starts, seq_lengths, layout=torch.jagged)"
+    _require(padded_branch in _source(outputs), "the padded branch narrowing full-length logits", where)
+    for attr in ("_scale_logits_by_temperature", "logprobs_from_logits"):
+        _require(hasattr(module, attr), attr, where)
+    _require_in_module(
+        "verl.workers.utils.padding",
+        "values[seq_offset - resp_len - 1 : seq_offset - 1]",
+        what="no_padding_2_padding reading response positions only",
+    )
+    _require_in_module(
+        "verl.workers.utils.losses",
+        "policy_loss -= entropy_coeff * entropy_loss",
+        what="ppo_loss adding entropy_coeff * entropy to the loss",
+    )
+    return cls, inputs, outputs
+
+
+@_once
+def padded_forward_projects_every_position() -> None:
+    """Ask the model for response-position logits only, and skip the entropy's zero gradient (see section 10).
+
+    Raises:
+        PatchTargetChanged: if verl no longer looks as assumed.
+    """
+    from verl_agrae.integration import response_logits as rl
+
+    cls, inputs, outputs = _response_logits_targets()
+
+    @functools.wraps(inputs)
+    def prepare_model_inputs(self, micro_batch):
+        model_inputs, output_args = inputs(self, micro_batch)
+        # Subclasses with their own output code (the critic's value head reads every position) keep verl's.
+        ours = hasattr(type(self).prepare_model_outputs, "_verl_agrae_original")
+        start = rl.response_logits_start(micro_batch) if ours else None
+        if start is not None and rl.model_keeps_logits(self.module):
+            max_len = int(micro_batch["input_ids"].offsets().diff().max())
+            model_inputs["logits_to_keep"] = max_len - start  # Hugging Face keeps the last K positions
+            output_args[rl.KEEP_FROM] = start
+        return model_inputs, output_args
+
+    @functools.wraps(outputs)
+    def prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func):
+        if rl.KEEP_FROM not in output_args:
+            return outputs(self, output, output_args, micro_batch, logits_processor_func)
+        return rl.response_outputs(self, output, output_args, micro_batch, logits_processor_func)
+
+    prepare_model_inputs._verl_agrae_original = inputs  # type: ignore[attr-defined]
+    prepare_model_outputs._verl_agrae_original = outputs  # type: ignore[attr-defined]
+    cls.prepare_model_inputs = prepare_model_inputs
+    cls.prepare_model_outputs = prepare_model_outputs
+
+
 _PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
     "fsdp2_offload_policy_pins_memory": (fsdp2_offload_policy_pins_memory, _offload_policy_targets),
     "valuehead_model_hardcodes_flash_attention": (
@@ -782,6 +871,7 @@ _PATCHES: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
     "verl_looks_up_vllm_by_distribution_name": (verl_looks_up_vllm_by_distribution_name, _vllm_version_targets),
     "weight_sync_waits_forever": (weight_sync_waits_forever, _weight_transfer_targets),
     "continuous_token_warning_for_llama": (continuous_token_warning_for_llama, _continuous_token_targets),
+    "padded_forward_projects_every_position": (padded_forward_projects_every_position, _response_logits_targets),
 }
 
 #: Patches of vLLM itself, checked by check_targets only where vLLM is installed.
@@ -819,4 +909,6 @@ def apply_cpu_patches() -> frozenset[str]:
     """
     for name in _CPU_PATCHES:
         _PATCHES[name][0]()
+    # Importing verl's engine module is heavy and must follow patch 1: applied when a process imports it.
+    on_import(ENGINE_MODULE, after=padded_forward_projects_every_position)
     return applied_patches()
