@@ -62,6 +62,7 @@ def _micro_batch(bsz: int, prompts: tuple[int, int], max_response: int, seed: in
     tu.assign_non_tensor_data(data, "pad_mode", DatasetPadMode.NO_PADDING)
     tu.assign_non_tensor_data(data, "temperature", temperature)
     tu.assign_non_tensor_data(data, "calculate_entropy", True)
+    tu.assign_non_tensor_stack(data, "multi_modal_inputs", [{} for _ in range(bsz)])  # as verl's trainer sends it
     return data
 
 
@@ -141,24 +142,28 @@ def test_response_positions_match_verls_full_forward(patched, bsz, prompts, max_
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
 
 
+TEXT = {"input_ids": None, "attention_mask": None, "position_ids": None}
+
+
 def test_batches_verl_must_handle_itself_are_left_alone(patched):
     mb = _micro_batch(4, (3, 10), 6, 0)
-    assert rl.response_logits_start(mb) is not None
+    assert rl.response_logits_start(mb, TEXT) is not None
     for key, value in [("use_remove_padding", True), ("use_fused_kernels", True), ("calculate_sum_pi_squared", True)]:
         other = mb.clone()
         tu.assign_non_tensor_data(other, key, value)
-        assert rl.response_logits_start(other) is None, key
+        assert rl.response_logits_start(other, TEXT) is None, key
     sft = mb.clone()
     del sft["prompts"]  # an SFT batch: its loss reads every position
-    assert rl.response_logits_start(sft) is None
+    assert rl.response_logits_start(sft, TEXT) is None
+    assert rl.response_logits_start(mb, {**TEXT, "pixel_values": None}) is None  # an image batch
 
 
 def test_the_environment_switch_turns_it_off(patched, monkeypatch):
     mb = _micro_batch(4, (3, 10), 6, 0)
     monkeypatch.setenv(rl.ENV, "0")
-    assert rl.response_logits_start(mb) is None
+    assert rl.response_logits_start(mb, TEXT) is None
     monkeypatch.setenv(rl.ENV, "1")
-    assert rl.response_logits_start(mb) == 2
+    assert rl.response_logits_start(mb, TEXT) == 2
 
 
 def test_the_critic_keeps_every_position(patched):
@@ -176,7 +181,7 @@ def test_the_critic_keeps_every_position(patched):
 def test_the_start_is_the_shortest_prompt_minus_one():
     mb = _micro_batch(5, (2, 16), 4, 7)
     prompt_lens = mb["attention_mask"][:, : mb["prompts"].shape[1]].sum(dim=1)
-    assert rl.response_logits_start(mb) == int(prompt_lens.min()) - 1
+    assert rl.response_logits_start(mb, TEXT) == int(prompt_lens.min()) - 1
 
 
 def test_entropy_is_gradient_free_only_when_its_coefficient_is_zero(patched):

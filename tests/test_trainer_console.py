@@ -52,5 +52,10 @@ def test_a_tiny_run_prints_a_few_lines_and_logs_everything(tiny_model_dir, arith
     # verl's own per-step metric line and the workers' output are in the log, not on the console.
     assert "critic/score/mean" in log and "critic/score/mean" not in console
     assert "No model-specific Continuous Token builder" not in log  # silenced at the source (patch 9)
+    # The actor's forwards took the response-position path (patch 10; tests/test_response_logits.py checks its
+    # values against verl's code, tests/test_trainer_e2e.py the actor's log-probs against the rollout's).
+    from verl_agrae.integration.response_logits import ENGAGED_MESSAGE
+
+    assert ENGAGED_MESSAGE in log
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]

@@ -837,11 +837,12 @@ def padded_forward_projects_every_position() -> None:
         model_inputs, output_args = inputs(self, micro_batch)
         # Subclasses with their own output code (the critic's value head reads every position) keep verl's.
         ours = hasattr(type(self).prepare_model_outputs, "_verl_agrae_original")
-        start = rl.response_logits_start(micro_batch) if ours else None
+        start = rl.response_logits_start(micro_batch, model_inputs) if ours else None
         if start is not None and rl.model_keeps_logits(self.module):
             max_len = int(micro_batch["input_ids"].offsets().diff().max())
             model_inputs["logits_to_keep"] = max_len - start  # Hugging Face keeps the last K positions
             output_args[rl.KEEP_FROM] = start
+            rl.note_engaged(start, max_len)
         return model_inputs, output_args
 
     @functools.wraps(outputs)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 from contextlib import nullcontext
 from typing import Any
@@ -33,6 +34,15 @@ from typing import Any
 import torch
 
 __all__ = ["ENV", "KEEP_FROM", "entropy_needs_grad", "nested_from_tail", "response_logits_start"]
+
+logger = logging.getLogger(__name__)
+# Runs in verl's worker processes, whose root logger passes only warnings: like verl's worker-side modules, this one
+# sets its own level (verl's VERL_LOGGING_LEVEL), so its one INFO line reaches the run's train.log.
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+
+#: Logged once per process, the first time a batch takes this path (tests look for it in a run's train.log).
+ENGAGED_MESSAGE = "logits for response positions only"
+_engaged = False
 
 #: ``output_args`` key: first kept position (set by the inputs hook, read by the outputs hook).
 KEEP_FROM = "_verl_agrae_logits_from"
@@ -42,6 +52,8 @@ ENV = "VERL_AGRAE_RESPONSE_LOGITS"
 # Micro-batch flags under which verl's output code does something other than log-probs (+ entropy) per token, or
 # the model computes the loss itself: those batches go through verl's own code unchanged.
 _OTHER_OUTPUTS = ("use_fused_kernels", "distillation_use_topk", "distillation_only", "calculate_sum_pi_squared")
+# What verl's padded branch passes a text-only model (multi-modal batches add their own inputs).
+_TEXT_INPUTS = {"input_ids", "attention_mask", "position_ids"}
 
 
 def _flag(micro_batch: Any, key: str, default: Any = False) -> Any:
@@ -63,16 +75,18 @@ def _prompt_lengths(micro_batch: Any) -> torch.Tensor | None:
     return micro_batch["attention_mask"][:, : prompts.shape[1]].sum(dim=1)
 
 
-def response_logits_start(micro_batch: Any) -> int | None:
+def response_logits_start(micro_batch: Any, model_inputs: dict) -> int | None:
     """The first position whose logits a response token of this micro-batch needs, if skipping earlier ones helps.
 
     Args:
         micro_batch: verl's micro-batch TensorDict; ``input_ids`` nested (bsz, j1), one row per prompt + response.
+        model_inputs: what verl's ``prepare_model_inputs`` built for the model from it.
 
     Returns:
         ``min(prompt_len) - 1`` (the logits at position t score token t + 1), or None when the batch must go
         through verl's code unchanged: remove-padding, fused kernels, distillation, sum of squared probabilities,
-        multi-modal or 3-D position ids, batches without RL prompts, nothing to skip, or ``ENV`` set to "0".
+        model inputs besides text (images, ...) or 3-D position ids, batches without RL prompts, nothing to skip,
+        or ``ENV`` set to "0".
     """
     from verl.utils.dataset.dataset_utils import DatasetPadMode
 
@@ -82,7 +96,7 @@ def response_logits_start(micro_batch: Any) -> int | None:
         return None
     if _flag(micro_batch, "pad_mode", DatasetPadMode.NO_PADDING) != DatasetPadMode.NO_PADDING:
         return None
-    if "multi_modal_inputs" in micro_batch.keys() or micro_batch["position_ids"].dim() != 2:
+    if not set(model_inputs) <= _TEXT_INPUTS or micro_batch["position_ids"].dim() != 2:
         return None
     input_ids = micro_batch["input_ids"]
     prompt_lens = _prompt_lengths(micro_batch)
@@ -90,6 +104,17 @@ def response_logits_start(micro_batch: Any) -> int | None:
         return None
     start = int(prompt_lens.min()) - 1
     return start if start > 0 else None
+
+
+def note_engaged(start: int, max_len: int) -> None:
+    """Say once per process that the path is taken, and on what (a run's log then shows it really ran)."""
+    global _engaged
+    if not _engaged:
+        _engaged = True
+        logger.info(
+            "%s: first batch keeps positions %d..%d of %d (%s=0 computes all of them, as verl does)",
+            ENGAGED_MESSAGE, start, max_len - 1, max_len, ENV,
+        )  # fmt: skip
 
 
 def model_keeps_logits(module: torch.nn.Module) -> bool:
