@@ -33,7 +33,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["ENV", "KEEP_FROM", "entropy_needs_grad", "nested_from_tail", "response_logits_start"]
+__all__ = [
+    "ENGAGED_MESSAGE",
+    "ENV",
+    "KEEP_FROM",
+    "entropy_needs_grad",
+    "model_keeps_logits",
+    "nested_from_tail",
+    "note_engaged",
+    "response_logits_start",
+    "response_outputs",
+]
 
 logger = logging.getLogger(__name__)
 # Runs in verl's worker processes, whose root logger passes only warnings: like verl's worker-side modules, this one
