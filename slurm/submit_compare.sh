@@ -49,11 +49,15 @@ after_training=$(
 
 read -r -a small_opts <<<"${AGRAE_REPORT_SBATCH:-}"
 read -r -a cell_opts <<<"${AGRAE_EVAL_SBATCH:-}"
-sweep_job=$(agrae_sbatch --job-name="$name-sweep" --dependency="afterok:$after_training" "${small_opts[@]}" \
-    "$here/compare_step.sbatch" "$experiment" --write-sweep)
+# A failed training (or sweep) job makes the later afterok dependencies unsatisfiable: SLURM then cancels those jobs
+# (--kill-on-invalid-dep) instead of leaving them pending forever; the report (afterany) still runs and says what
+# is missing.
+sweep_job=$(agrae_sbatch --job-name="$name-sweep" --dependency="afterok:$after_training" --kill-on-invalid-dep=yes \
+    "${small_opts[@]}" "$here/compare_step.sbatch" "$experiment" --write-sweep)
 cells=$((runs + 1)) # the base model and every run's final checkpoint, on one benchmark with one sampling setting
 array="0-$((cells - 1))${AGRAE_ARRAY_LIMIT:+%$AGRAE_ARRAY_LIMIT}"
-eval_job=$(agrae_sbatch --job-name="$name-eval" --array="$array" --dependency="afterok:$sweep_job" "${cell_opts[@]}" \
+eval_job=$(agrae_sbatch --job-name="$name-eval" --array="$array" --dependency="afterok:$sweep_job" \
+    --kill-on-invalid-dep=yes "${cell_opts[@]}" \
     "$here/eval_sweep.sbatch" "$sweep")
 report_job=$(agrae_sbatch --job-name="$name-report" --dependency="afterany:$eval_job" "${small_opts[@]}" \
     "$here/compare_step.sbatch" "$experiment" --report)

@@ -210,3 +210,5 @@ def test_cli_prints_what_the_slurm_submission_needs(tmp_path, capsys):
     assert "index 4 out of range: the experiment has runs 0..3" in capsys.readouterr().err
     assert main([exp, "--write-sweep"]) == 2  # nothing trained yet
     assert "no checkpoint" in capsys.readouterr().err
+    assert main([exp, "--report"]) == 2  # no sweep file: nothing was evaluated (what SLURM's report job meets)
+    assert "no evaluation to report" in capsys.readouterr().err

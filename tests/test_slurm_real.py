@@ -346,12 +346,13 @@ def test_eval_sweep_array_and_dependent_report_equal_a_local_run(cluster):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_submit_compare_trains_each_run_then_evaluates_as_an_array_and_reports(cluster):
-    work = cluster.work / "compare"
+def _submit_compare(cluster: Cluster, work: Path, *extra_overrides: str) -> tuple[Path, list[int]]:
+    """Submit a two-run tiny comparison with slurm/submit_compare.sh; returns its output directory and job ids
+    (training 1, training 2, sweep file, evaluation array, report)."""
     work.mkdir()
     out = work / "out"
     # The tiny runs' overrides (model, data, sizes), one step, and a checkpoint at that step.
-    tiny = _tiny_args(cluster, "trainer.save_freq=1", steps=1)[1:]
+    tiny = _tiny_args(cluster, "trainer.save_freq=1", *extra_overrides, steps=1)[1:]
     experiment = work / "tiny.yaml"
     experiment.write_text(
         f"""\
@@ -372,9 +373,11 @@ report: {{ks: [1, 2, 4], num_boot: 200}}
 """
     )
     # Submitted from a shell without verl-agrae on PATH: the script reads the experiment in the jobs' environment.
+    # --time=60: train.sbatch asks for SLURM's warning 30 min before the limit (--signal=B:USR1@1800); a shorter
+    # limit would warn at once and stop the training before it starts.
     res = subprocess.run(
         [str(SLURM_DIR / "submit_compare.sh"), str(experiment), "--nodes=1", "--gpus-per-node=0",
-         "--cpus-per-task=2", "--time=30"],
+         "--cpus-per-task=2", "--time=60"],
         env={**cluster.env, "AGRAE_SKIP_DOCTOR": "1", "AGRAE_EVAL_SBATCH": "--gpus-per-node=0 --cpus-per-task=2",
              **CPU_NODE_ENV},
         cwd=work, capture_output=True, text=True, timeout=300,
@@ -386,7 +389,12 @@ report: {{ks: [1, 2, 4], num_boot: 200}}
         res.stdout,
     )
     assert found, res.stdout
-    train1, train2, sweep_job, array, report_job = map(int, found.groups())
+    return out, list(map(int, found.groups()))
+
+
+def test_submit_compare_trains_each_run_then_evaluates_as_an_array_and_reports(cluster):
+    work = cluster.work / "compare"
+    out, (train1, train2, sweep_job, array, report_job) = _submit_compare(cluster, work)
 
     report = _ended(cluster, report_job)
     jobs = {j: _job(cluster, j) for j in (train1, train2, sweep_job, *(f"{array}_{i}" for i in range(3)))}
@@ -408,6 +416,26 @@ report: {{ks: [1, 2, 4], num_boot: 200}}
     assert set(summary["passk"]) == {"base", "grpo", "agrae"} and set(summary["diff"]) == {"agrae"}
     assert summary["ks"] == [1, 2, 4]
     assert (out / "report" / "compare.md").is_file() and (out / "report" / "passk.png").is_file()
+
+
+def test_submit_compare_cancels_what_a_failed_training_job_makes_impossible(cluster):
+    """A training run that fails (here: an unknown model path, refused before Ray starts the trainer) leaves no job
+    pending forever: the sweep file and the evaluation array are cancelled, the report runs and names what is
+    missing."""
+    work = cluster.work / "compare-fails"
+    _, (train1, train2, sweep_job, array, report_job) = _submit_compare(
+        cluster, work, "actor_rollout_ref.model.path=/nonexistent/model"
+    )
+    # The first failure cancels the rest of the chain, so the report may end before the other training job.
+    report = _ended(cluster, report_job)
+    trained = [_ended(cluster, j) for j in (train1, train2)]
+    logs = {p.name: _log(p)[-3000:] for p in (work / "logs").iterdir()}
+    assert [t["JobState"] for t in trained] == ["FAILED", "FAILED"], logs
+    for j in (sweep_job, *(f"{array}_{i}" for i in range(3))):
+        assert _job(cluster, j)["JobState"] == "CANCELLED", (j, logs)
+    assert report["JobState"] == "FAILED", logs
+    report_log = next(text for name, text in logs.items() if "-report-" in name)
+    assert "no evaluation to report" in report_log and "did a training run fail?" in report_log, report_log
 
 
 # ---------------------------------------------------------------------------------------------------------

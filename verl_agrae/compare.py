@@ -335,6 +335,11 @@ def _cell_correct(spec: CompareSpec) -> tuple[dict[str, np.ndarray], int]:
     from verl_agrae.eval.cell import load_cell_results
     from verl_agrae.eval.sweep import load_sweep
 
+    if not spec.sweep_path.is_file():
+        raise FileNotFoundError(
+            f"no evaluation to report: {spec.sweep_path} was never written (it is written once every training run "
+            "has a checkpoint: did a training run fail? see its log)"
+        )
     sweep = load_sweep(spec.sweep_path)
     (bench,), (samp,) = sweep.benchmarks, sweep.sampling
 
