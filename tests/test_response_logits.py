@@ -27,15 +27,17 @@ from verl_agrae.testing.tiny_model import tiny_llama  # noqa: E402
 VOCAB = 97
 
 
-def _micro_batch(bsz: int, prompts: tuple[int, int], max_response: int, seed: int, temperature: float = 1.0) -> object:
-    """An RL micro-batch as verl's actor sees it: prompts (lengths in ``prompts``, inclusive; row 0 the shortest)
-    left-padded, responses right-padded, then nested by verl."""
+def _micro_batch(
+    bsz: int, prompt_range: tuple[int, int], max_response: int, seed: int, temperature: float = 1.0
+) -> object:
+    """An RL micro-batch as verl's actor sees it: prompts (lengths in ``prompt_range``, inclusive; row 0 the
+    shortest) left-padded, responses right-padded, then nested by verl."""
     from tensordict import TensorDict
 
     gen = torch.Generator().manual_seed(seed)
-    max_prompt = prompts[1]
-    prompt_lens = torch.randint(prompts[0], max_prompt + 1, (bsz,), generator=gen)
-    prompt_lens[0] = prompts[0]  # the shortest prompt is in the batch
+    shortest, max_prompt = prompt_range
+    prompt_lens = torch.randint(shortest, max_prompt + 1, (bsz,), generator=gen)
+    prompt_lens[0] = shortest  # the shortest prompt is in the batch
     response_lens = torch.randint(1, max_response + 1, (bsz,), generator=gen)
     prompts = torch.zeros(bsz, max_prompt, dtype=torch.long)
     responses = torch.zeros(bsz, max_response, dtype=torch.long)
